@@ -1,0 +1,3 @@
+import pbr.version
+
+__version__ = pbr.version.VersionInfo('vmsnap-driver').version_string()

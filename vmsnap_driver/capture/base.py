@@ -1,0 +1,59 @@
+"""The interface every capture strategy implements.
+
+A capture turns a guest's disk into a *stable view*: a file, plus its
+format, that holds the disk exactly as it was at one instant and that no one
+writes while the view is open.  The driver flattens the view with qemu-img
+inside the ``with`` block; leaving the block releases whatever the capture
+held (a copy to delete, a stopped guest to restore).  Adding a strategy is
+adding a module here.
+"""
+
+import abc
+import dataclasses
+import datetime
+from typing import ContextManager, List
+
+from oslo_config import cfg
+
+from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import qemu_img
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskView:
+    """A point-in-time view of a disk that stays put until released."""
+
+    path: str
+    format: str
+    started_at: datetime.datetime
+    captured_at: datetime.datetime
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class Capture(abc.ABC):
+    """One way of capturing a guest's disk."""
+
+    mode: str
+
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts) -> 'Capture':
+        return cls()
+
+    @abc.abstractmethod
+    def scratch_bytes(self, chain: List[qemu_img.ImageInfo]) -> int:
+        """Bytes the capture writes to the workspace besides the image."""
+
+    @abc.abstractmethod
+    def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
+                chain: List[qemu_img.ImageInfo],
+                workdir: str) -> ContextManager[DiskView]:
+        """Capture ``disk``; a context manager yielding a :class:`DiskView`.
+
+        On exit, normal or not, the guest must be in the state it had
+        before and nothing the capture created may remain outside
+        ``workdir``.
+        """
+

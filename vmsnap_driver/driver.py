@@ -1,0 +1,100 @@
+"""The compute driver: snapshot orchestration, one step per line.
+
+The data path reads top to bottom in :meth:`LibvirtDriver.snapshot`: find
+the guest and the image, decide how to capture, capture, flatten, upload.
+Each step lives in its own module; this one only sequences them and reports
+task states the way Nova's libvirt driver does.
+"""
+
+import os
+from typing import Any, Callable, Optional
+
+from oslo_concurrency import lockutils
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from vmsnap_driver import capture
+from vmsnap_driver import config
+from vmsnap_driver import decide
+from vmsnap_driver import glance
+from vmsnap_driver import host as host_mod
+from vmsnap_driver import image_properties
+from vmsnap_driver import qemu_img
+from vmsnap_driver import workspace
+
+LOG = logging.getLogger(__name__)
+
+# Nova's task states, as its compute manager expects them.
+IMAGE_PENDING_UPLOAD = 'image_pending_upload'
+IMAGE_UPLOADING = 'image_uploading'
+
+TaskStateCallback = Callable[..., None]
+
+
+def _no_task_state(task_state: str, expected_state: Optional[str] = None):
+    pass
+
+
+class LibvirtDriver:
+    """Snapshots of libvirt/QEMU guests into Glance, Nova-driver shaped."""
+
+    def __init__(self, virtapi: Any = None,
+                 conf: cfg.ConfigOpts = config.CONF) -> None:
+        self.virtapi = virtapi
+        self._conf = conf
+        self._host = host_mod.Host(conf.libvirt.connection_uri)
+        self._images = glance.ImageService(conf)
+
+    def snapshot(self, context: Any, instance: Any, image_id: str,
+                 update_task_state: Optional[TaskStateCallback] = None
+                 ) -> None:
+        """Capture the instance's root disk into the queued image.
+
+        Only one snapshot of an instance runs at a time; others wait.
+        """
+        update_task_state = update_task_state or _no_task_state
+        with lockutils.lock('vmsnap-snapshot-%s' % instance.uuid,
+                            external=True):
+            self._snapshot(instance, image_id, update_task_state)
+
+    def _snapshot(self, instance: Any, image_id: str,
+                  update_task_state: TaskStateCallback) -> None:
+        libvirt_conf = self._conf.libvirt
+        image_format = libvirt_conf.snapshot_image_format
+        guest = self._host.get_guest(instance.uuid)
+        self._images.check_queued(image_id)
+        disk = guest.root_disk()
+        decision = decide.choose(libvirt_conf.snapshot_mode,
+                                 self._host.capabilities(), guest.state(),
+                                 disk, instance.uuid)
+        LOG.info('Taking a %(mode)s snapshot of disk %(disk)s into image '
+                 '%(image)s: %(reason)s',
+                 {'mode': decision.mode, 'disk': disk.target,
+                  'image': image_id, 'reason': decision.reason},
+                 instance=instance)
+        strategy = capture.get(decision.mode, self._conf)
+        # -U: a running QEMU holds the disk open.
+        chain = qemu_img.info(disk.path, disk.format, force_share=True)
+        needed = _flat_size(chain) + strategy.scratch_bytes(chain)
+
+        update_task_state(task_state=IMAGE_PENDING_UPLOAD)
+        with workspace.workspace(libvirt_conf.snapshots_directory,
+                                 needed) as workdir:
+            flat = os.path.join(workdir, 'snapshot.' + image_format)
+            with strategy.capture(guest, disk, chain, workdir) as view:
+                qemu_img.convert(view.path, view.format, flat, image_format,
+                                 compress=libvirt_conf.snapshot_compression)
+            properties = image_properties.snapshot_properties(
+                instance, decision.mode, decision.reason, disk,
+                view.started_at, view.captured_at)
+            update_task_state(task_state=IMAGE_UPLOADING,
+                              expected_state=IMAGE_PENDING_UPLOAD)
+            self._images.upload(image_id, flat, image_format, properties)
+        LOG.info('Snapshot image %(image)s is active', {'image': image_id},
+                 instance=instance)
+
+
+def _flat_size(chain: list) -> int:
+    """Upper bound of the flattened image: the data of every layer."""
+    return min(chain[0].virtual_size,
+               sum(layer.actual_size for layer in chain))

@@ -1,0 +1,87 @@
+"""Errors a caller of the driver can catch, each saying what to do next.
+
+libvirt, qemu-img and Glance failures are translated into these classes at
+the module that talks to them, so callers never parse a libvirt error code
+or an HTTP status.
+"""
+
+
+class VmsnapException(Exception):
+    """Base class: the message is ``msg_fmt`` filled from keyword args."""
+
+    msg_fmt = 'An unknown error occurred.'
+
+    def __init__(self, message: str = None, **kwargs) -> None:
+        self.kwargs = kwargs
+        if message is None:
+            message = self.msg_fmt % kwargs
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InstanceNotFound(VmsnapException):
+    msg_fmt = ('Instance %(instance_uuid)s is not a libvirt domain on '
+               '%(uri)s. Check the instance UUID (virsh -c %(uri)s list '
+               '--all --uuid).')
+
+
+class ImageNotFound(VmsnapException):
+    msg_fmt = ('Image %(image_id)s does not exist in Glance. Create the '
+               'image (status "queued") before asking for a snapshot.')
+
+
+class ImageNotQueued(VmsnapException):
+    msg_fmt = ('Image %(image_id)s is "%(status)s", not "queued": a '
+               'snapshot needs a new, empty image. Create a new image and '
+               'try again.')
+
+
+class GlanceUnavailable(VmsnapException):
+    msg_fmt = ('Glance could not be reached (%(reason)s). Check the '
+               '[glance] options (endpoint_override, auth_type) and that '
+               'the image service is running.')
+
+
+class GlanceRefused(VmsnapException):
+    msg_fmt = ('Glance refused to %(action)s image %(image_id)s: '
+               '%(reason)s')
+
+
+class InsufficientSpace(VmsnapException):
+    msg_fmt = ('Not enough free space in %(directory)s for this snapshot: '
+               'it needs about %(needed_mib)d MiB, %(free_mib)d MiB are '
+               'free. Free some space or point [libvirt] '
+               'snapshots_directory at a larger filesystem.')
+
+
+class BlockJobTimeout(VmsnapException):
+    msg_fmt = ('The live copy of disk %(disk)s of instance '
+               '%(instance_uuid)s did not finish within %(timeout)d s; it '
+               'was cancelled and the guest kept its disk. Raise [libvirt] '
+               'block_job_timeout or block_copy_bandwidth, or use '
+               'snapshot_mode = cold.')
+
+
+class QemuImgFailed(VmsnapException):
+    msg_fmt = ('qemu-img failed (exit code %(exit_code)s): %(command)s: '
+               '%(stderr)s')
+
+
+class SnapshotUnsupported(VmsnapException):
+    msg_fmt = ('Cannot take a %(mode)s snapshot of instance '
+               '%(instance_uuid)s: %(reason)s')
+
+
+class HypervisorError(VmsnapException):
+    msg_fmt = ('libvirt failed to %(action)s for instance '
+               '%(instance_uuid)s: %(reason)s')
+
+
+class GuestNotRestored(VmsnapException):
+    msg_fmt = ('Instance %(instance_uuid)s could not be brought back to '
+               '"%(state)s" after a snapshot: %(reason)s. Its saved state '
+               'is kept by libvirt: start it with "virsh start '
+               '%(instance_uuid)s".')

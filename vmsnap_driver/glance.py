@@ -1,0 +1,131 @@
+"""Glance: check the target image, then stream the snapshot into it.
+
+The client is built from keystoneauth1 options in ``[glance]``, so the same
+code reaches a cloud's Glance through the catalog (``auth_type =
+password``) and a standalone one (``auth_type = none`` plus
+``endpoint_override``).
+"""
+
+import contextlib
+import os
+from typing import Iterator
+
+import glanceclient
+from glanceclient import exc as glance_exc
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from vmsnap_driver import exception
+
+LOG = logging.getLogger(__name__)
+
+GROUP = 'glance'
+QUEUED = 'queued'
+ACTIVE = 'active'
+
+
+class ImageService:
+    """The few Glance v2 calls a snapshot makes."""
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        self._conf = conf
+        self._client = None
+
+    def _get_client(self) -> glanceclient.v2.client.Client:
+        if self._client is None:
+            with self._translated('connect to', '-'):
+                auth = ks_loading.load_auth_from_conf_options(
+                    self._conf, GROUP)
+                session = ks_loading.load_session_from_conf_options(
+                    self._conf, GROUP, auth=auth)
+                group = self._conf[GROUP]
+                self._client = glanceclient.Client(
+                    '2', session=session, auth=auth,
+                    service_type=group.service_type,
+                    service_name=group.service_name,
+                    interface=group.valid_interfaces,
+                    region_name=group.region_name,
+                    endpoint_override=group.endpoint_override)
+        return self._client
+
+    @contextlib.contextmanager
+    def _translated(self, action: str, image_id: str) -> Iterator[None]:
+        try:
+            yield
+        except glance_exc.HTTPNotFound:
+            raise exception.ImageNotFound(image_id=image_id)
+        except (glance_exc.CommunicationError,
+                ks_exc.ConnectFailure,
+                ks_exc.EndpointNotFound,
+                ks_exc.MissingAuthPlugin,
+                ks_exc.ConnectionError,
+                ks_exc.DiscoveryFailure) as e:
+            raise exception.GlanceUnavailable(reason=str(e) or type(e).__name__)
+        except (glance_exc.HTTPUnauthorized, glance_exc.HTTPForbidden,
+                ks_exc.Unauthorized) as e:
+            raise exception.GlanceRefused(
+                action=action, image_id=image_id,
+                reason='%s; check the [glance] credentials' % e)
+        except (glance_exc.HTTPException, ks_exc.ClientException) as e:
+            raise exception.GlanceRefused(action=action, image_id=image_id,
+                                          reason=str(e))
+
+    def get(self, image_id: str) -> dict:
+        with self._translated('read', image_id):
+            return dict(self._get_client().images.get(image_id))
+
+    def create(self, name: str, properties: dict) -> dict:
+        """A new, queued image, as Nova's API creates one for a snapshot."""
+        with self._translated('create', '-'):
+            return dict(self._get_client().images.create(
+                name=name, **properties))
+
+    def delete(self, image_id: str) -> None:
+        """Delete an image a failed snapshot leaves behind; never raise.
+
+        Called on an error path: the snapshot's own error is the one to
+        report, so a failure here is only logged.
+        """
+        try:
+            with self._translated('delete', image_id):
+                self._get_client().images.delete(image_id)
+        except exception.VmsnapException as e:
+            LOG.warning('Image %(id)s could not be deleted: %(error)s',
+                        {'id': image_id, 'error': e})
+        else:
+            LOG.info('Image %s deleted', image_id)
+
+    def check_queued(self, image_id: str) -> dict:
+        """The image, if it can still receive data; fail early otherwise."""
+        image = self.get(image_id)
+        if image['status'] != QUEUED:
+            raise exception.ImageNotQueued(image_id=image_id,
+                                           status=image['status'])
+        return image
+
+    def upload(self, image_id: str, path: str, disk_format: str,
+               properties: dict) -> dict:
+        """Declare formats, size and properties, then stream the file.
+
+        glanceclient reads the file in chunks, so the image is never held in
+        memory.  Declaring the size makes Glance reject a short stream, so a
+        failed upload never leaves an ``active`` image with partial data.
+        """
+        size = os.path.getsize(path)
+        client = self._get_client()
+        with self._translated('update', image_id):
+            client.images.update(image_id, disk_format=disk_format,
+                                 container_format='bare', **properties)
+        LOG.info('Uploading %(size)d bytes of %(fmt)s into image %(id)s',
+                 {'size': size, 'fmt': disk_format, 'id': image_id})
+        with self._translated('upload data to', image_id):
+            with open(path, 'rb') as data:
+                client.images.upload(image_id, data, image_size=size)
+        image = self.get(image_id)
+        if image['status'] != ACTIVE:
+            raise exception.GlanceRefused(
+                action='activate', image_id=image_id,
+                reason='it is "%s" after the upload' % image['status'])
+        return image

@@ -1,0 +1,183 @@
+"""A thin wrapper around one libvirt domain and its disks' block jobs.
+
+Each method is one libvirt call named for what the snapshot code wants from
+it.  libvirt errors become :class:`vmsnap_driver.exception.HypervisorError`
+here, so no caller parses libvirt error codes.
+"""
+
+import contextlib
+import dataclasses
+from typing import Iterator, List, Optional
+from xml.etree import ElementTree
+from xml.sax import saxutils
+
+import libvirt
+
+from vmsnap_driver import exception
+
+# libvirt's numeric domain states, named once.  "blocked" is a running guest
+# waiting on a resource and "shutdown" one that is still shutting down: for a
+# snapshot both are still running.
+RUNNING = 'running'
+PAUSED = 'paused'
+SHUTOFF = 'shutoff'
+CRASHED = 'crashed'
+SUSPENDED = 'suspended'
+NOSTATE = 'nostate'
+
+STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: RUNNING,
+    libvirt.VIR_DOMAIN_SHUTOFF: SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: SUSPENDED,
+}
+
+ACTIVE_STATES = (RUNNING, PAUSED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+    """A guest disk as the domain XML describes it."""
+
+    target: str
+    source_type: str
+    path: Optional[str]
+    format: Optional[str]
+    readonly: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockJob:
+    """Progress of a block job, in bytes of the disk it copies."""
+
+    cur: int
+    end: int
+
+    @property
+    def ready(self) -> bool:
+        # libvirt keeps cur < end until QEMU says a copy job reached its
+        # mirroring phase, so equality means the copy is in sync.
+        return self.cur == self.end
+
+
+class Guest:
+    """One libvirt domain, found by the instance's UUID."""
+
+    def __init__(self, domain: libvirt.virDomain) -> None:
+        self._domain = domain
+        self.uuid = domain.UUIDString()
+        self.name = domain.name()
+
+    @contextlib.contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except libvirt.libvirtError as e:
+            raise exception.HypervisorError(
+                action=action, instance_uuid=self.uuid,
+                reason=e.get_error_message())
+
+    # -- state --------------------------------------------------------
+    def state(self) -> str:
+        with self._translated('read the domain state'):
+            return STATES.get(self._domain.state()[0], NOSTATE)
+
+    def is_persistent(self) -> bool:
+        with self._translated('read the domain persistence'):
+            return bool(self._domain.isPersistent())
+
+    def inactive_xml(self) -> str:
+        with self._translated('read the domain XML'):
+            return self._domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def disks(self) -> List[Disk]:
+        """Block devices that are disks (not cdroms or floppies)."""
+        with self._translated('read the domain XML'):
+            xml = self._domain.XMLDesc(0)
+        disks = []
+        for node in ElementTree.fromstring(xml).findall('./devices/disk'):
+            if node.get('device', 'disk') != 'disk':
+                continue
+            source = node.find('source')
+            driver = node.find('driver')
+            disks.append(Disk(
+                target=node.find('target').get('dev'),
+                source_type=node.get('type'),
+                path=source.get('file') if source is not None else None,
+                format=driver.get('type') if driver is not None else None,
+                readonly=node.find('readonly') is not None))
+        return disks
+
+    def root_disk(self) -> Disk:
+        """The first disk, which the guest boots from, as Nova assumes."""
+        disks = self.disks()
+        if not disks:
+            raise exception.SnapshotUnsupported(
+                mode='any', instance_uuid=self.uuid,
+                reason='the domain has no disk')
+        return disks[0]
+
+    # -- lifecycle ----------------------------------------------------
+    def managed_save(self, paused: bool) -> None:
+        """Save memory to libvirt's managed save file and stop QEMU.
+
+        :param paused: restore the guest paused, as it was when saved.
+        """
+        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0
+        with self._translated('save the guest (managedsave)'):
+            self._domain.managedSave(flags)
+
+    def launch(self) -> None:
+        """Start the domain; from its managed save when it has one."""
+        with self._translated('start the guest'):
+            self._domain.create()
+
+    def has_managed_save(self) -> bool:
+        with self._translated('look for a managed save image'):
+            return bool(self._domain.hasManagedSaveImage(0))
+
+    # -- block jobs ---------------------------------------------------
+    def block_copy(self, disk: str, dest_path: str, dest_format: str,
+                   bandwidth: int = 0) -> None:
+        """Mirror ``disk`` into an existing image that shares its backing.
+
+        The job is transient so that a persistent domain can keep its
+        definition: without the flag libvirt refuses, and Nova undefines the
+        domain for the whole copy instead.
+
+        :param bandwidth: bytes per second, 0 for no limit.
+        """
+        dest_xml = ("<disk type='file'><source file=%s/>"
+                    "<driver type=%s/></disk>"
+                    % (saxutils.quoteattr(dest_path),
+                       saxutils.quoteattr(dest_format)))
+        params = {}
+        if bandwidth:
+            params[libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH] = bandwidth
+        flags = (libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW |
+                 libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT |
+                 libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB)
+        with self._translated('start a block copy of %s' % disk):
+            self._domain.blockCopy(disk, dest_xml, params, flags)
+
+    def block_job(self, disk: str) -> Optional[BlockJob]:
+        """The disk's block job, or None when it has none."""
+        with self._translated('query the block job on %s' % disk):
+            info = self._domain.blockJobInfo(disk, 0)
+        if not info:
+            return None
+        return BlockJob(cur=info['cur'], end=info['end'])
+
+    def abort_block_job(self, disk: str) -> None:
+        """Cancel the disk's block job and wait until it is gone.
+
+        Cancelling a copy that is in sync leaves the destination holding the
+        disk as it was at this instant, while the guest keeps its own disk
+        (no pivot).
+        """
+        with self._translated('cancel the block job on %s' % disk):
+            self._domain.blockJobAbort(disk, 0)

@@ -1,0 +1,114 @@
+"""qemu-img, one function per verb, run through oslo.concurrency.
+
+The source format is always passed with ``-f``: letting qemu-img probe a
+guest-written image is how a raw disk that looks like a qcow2 header
+escapes into the host's files.  ``info`` runs under resource limits because
+it parses untrusted image headers (the same limits Nova uses).
+"""
+
+import dataclasses
+import json
+from typing import List, Optional
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+
+from vmsnap_driver import exception
+
+LOG = logging.getLogger(__name__)
+
+QEMU_IMG_LIMITS = processutils.ProcessLimits(
+    cpu_time=30,
+    address_space=1024 * 1024 * 1024)
+
+FORMATS = ('qcow2', 'raw')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """One layer of a disk's backing chain, as qemu-img reports it."""
+
+    path: str
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing_file: Optional[str]
+    backing_format: Optional[str]
+
+
+def _execute(*cmd: str, prlimit=None) -> str:
+    try:
+        out, _err = processutils.execute(*cmd, prlimit=prlimit)
+    except processutils.ProcessExecutionError as e:
+        raise exception.QemuImgFailed(
+            command=' '.join(cmd), exit_code=e.exit_code,
+            stderr=(e.stderr or '').strip() or str(e))
+    except OSError as e:
+        raise exception.QemuImgFailed(
+            command=' '.join(cmd), exit_code='-',
+            stderr='%s (is qemu-utils installed?)' % e)
+    return out
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise exception.QemuImgFailed(
+            command='qemu-img', exit_code='-',
+            stderr='unsupported image format %r (expected one of %s)'
+                   % (fmt, ', '.join(FORMATS)))
+
+
+def info(path: str, fmt: str, force_share: bool = False) -> List[ImageInfo]:
+    """The image and every backing file under it, top first.
+
+    :param force_share: read an image a running QEMU holds open (``-U``).
+    """
+    _check_format(fmt)
+    cmd = ['qemu-img', 'info', '--output=json', '--backing-chain',
+           '-f', fmt]
+    if force_share:
+        cmd.append('-U')
+    cmd.append(path)
+    out = _execute(*cmd, prlimit=QEMU_IMG_LIMITS)
+    try:
+        layers = json.loads(out)
+    except ValueError as e:
+        raise exception.QemuImgFailed(command=' '.join(cmd), exit_code=0,
+                                      stderr='unreadable output: %s' % e)
+    return [ImageInfo(path=layer['filename'],
+                      format=layer['format'],
+                      virtual_size=layer['virtual-size'],
+                      actual_size=layer.get('actual-size', 0),
+                      backing_file=layer.get('full-backing-filename'),
+                      backing_format=layer.get('backing-filename-format'))
+            for layer in layers]
+
+
+def create_overlay(path: str, virtual_size: int,
+                   backing_file: Optional[str] = None,
+                   backing_format: Optional[str] = None) -> None:
+    """An empty qcow2, optionally over a backing file (never probed)."""
+    cmd = ['qemu-img', 'create', '-q', '-f', 'qcow2']
+    if backing_file:
+        _check_format(backing_format)
+        cmd += ['-b', backing_file, '-F', backing_format]
+    cmd += [path, str(virtual_size)]
+    _execute(*cmd)
+
+
+def convert(source: str, source_format: str, dest: str, dest_format: str,
+            compress: bool = False) -> None:
+    """Copy an image and its whole backing chain into one flat file.
+
+    Glance refuses a qcow2 that still names a backing file, so the result
+    never has one.
+    """
+    _check_format(source_format)
+    _check_format(dest_format)
+    cmd = ['qemu-img', 'convert', '-f', source_format, '-O', dest_format]
+    if compress and dest_format == 'qcow2':
+        cmd.append('-c')
+    cmd += [source, dest]
+    LOG.debug('Flattening %(src)s into %(dest)s',
+              {'src': source, 'dest': dest})
+    _execute(*cmd)
