@@ -71,7 +71,7 @@ class LibvirtDriver:
                  '%(image)s: %(reason)s',
                  {'mode': decision.mode, 'disk': disk.target,
                   'image': image_id, 'reason': decision.reason},
-                 instance=instance)
+                 instance_uuid=instance.uuid)
         strategy = capture.get(decision.mode, self._conf)
         # -U: a running QEMU holds the disk open.
         chain = qemu_img.info(disk.path, disk.format, force_share=True)
@@ -91,7 +91,7 @@ class LibvirtDriver:
                               expected_state=IMAGE_PENDING_UPLOAD)
             self._images.upload(image_id, flat, image_format, properties)
         LOG.info('Snapshot image %(image)s is active', {'image': image_id},
-                 instance=instance)
+                 instance_uuid=instance.uuid)
 
 
 def _flat_size(chain: list) -> int:

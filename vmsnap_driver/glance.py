@@ -8,7 +8,7 @@ password``) and a standalone one (``auth_type = none`` plus
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import glanceclient
 from glanceclient import exc as glance_exc
@@ -33,7 +33,7 @@ class ImageService:
         self._conf = conf
         self._client = None
 
-    def _get_client(self) -> glanceclient.v2.client.Client:
+    def _get_client(self) -> Any:
         if self._client is None:
             with self._translated('connect to', '-'):
                 auth = ks_loading.load_auth_from_conf_options(

@@ -39,7 +39,8 @@ class ManagedSaveCapture(base.Capture):
         captured = base.utcnow()
         LOG.info('Guest %(name)s saved for a cold snapshot in %(secs).2f s',
                  {'name': guest.name,
-                  'secs': (captured - started).total_seconds()})
+                  'secs': (captured - started).total_seconds()},
+                 instance_uuid=guest.uuid)
         try:
             yield base.DiskView(path=disk.path, format=disk.format,
                                 started_at=started, captured_at=captured)
@@ -52,8 +53,9 @@ def _restore(guest: guest_mod.Guest, state: str) -> None:
         guest.launch()
     except exception.HypervisorError as e:
         LOG.error('Guest %(name)s could not be restored from its saved '
-                  'state: %(error)s', {'name': guest.name, 'error': e})
+                  'state: %(error)s', {'name': guest.name, 'error': e},
+                  instance_uuid=guest.uuid)
         raise exception.GuestNotRestored(
             instance_uuid=guest.uuid, state=state, reason=e.message)
     LOG.info('Guest %(name)s resumed from its saved state (%(state)s)',
-             {'name': guest.name, 'state': state})
+             {'name': guest.name, 'state': state}, instance_uuid=guest.uuid)

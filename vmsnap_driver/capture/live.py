@@ -66,7 +66,8 @@ class BlockCopyCapture(base.Capture):
         captured = base.utcnow()
         LOG.info('Disk %(disk)s of guest %(name)s copied live in %(secs).2f s',
                  {'disk': disk.target, 'name': guest.name,
-                  'secs': (captured - started).total_seconds()})
+                  'secs': (captured - started).total_seconds()},
+                 instance_uuid=guest.uuid)
         yield base.DiskView(path=copy, format='qcow2', started_at=started,
                             captured_at=captured)
 
@@ -97,4 +98,4 @@ class BlockCopyCapture(base.Capture):
             return
         guest.abort_block_job(disk.target)
         LOG.debug('Block copy of %(disk)s cancelled; the guest keeps its '
-                  'disk', {'disk': disk.target})
+                  'disk', {'disk': disk.target}, instance_uuid=guest.uuid)
