@@ -60,7 +60,12 @@ libvirt_opts = [
                     '(o+x) by the user QEMU runs as.'),
     cfg.StrOpt('snapshot_image_format',
                default='qcow2',
-               choices=['qcow2', 'raw'],
+               choices=[
+                   ('qcow2', 'Sparse, optionally compressed; what Nova '
+                             'uploads for qcow2-backed instances.'),
+                   ('raw', 'Plain disk bytes: larger uploads, no '
+                           'conversion when booted from Ceph or LVM.'),
+               ],
                help='Disk format of the image uploaded to Glance.'),
     cfg.BoolOpt('snapshot_compression',
                 default=False,
@@ -125,11 +130,16 @@ def parse_args(argv: Optional[Sequence[str]],
 
 def list_opts() -> list:
     """Options for oslo-config-generator (namespace ``vmsnap``)."""
+    adapter_opts = ks_loading.get_adapter_conf_options(
+        include_deprecated=False)
+    for opt in adapter_opts:
+        if opt.dest == 'service_type':
+            opt.default = GLANCE_SERVICE_TYPE
     glance_opts = list(itertools.chain(
         ks_loading.get_session_conf_options(),
         ks_loading.get_auth_common_conf_options(),
         ks_loading.get_auth_plugin_conf_options('password'),
-        ks_loading.get_adapter_conf_options(include_deprecated=False),
+        adapter_opts,
     ))
     return [
         ('DEFAULT', default_opts),

@@ -55,8 +55,8 @@ def _live_problem(caps: host_mod.Capabilities, state: str) -> Optional[str]:
                 'copy (needs %s)' % (_fmt(caps.libvirt_version),
                                      _fmt(MIN_LIBVIRT_LIVE)))
     if caps.hypervisor_version < MIN_QEMU_LIVE:
-        return ('QEMU %s is older than %s' % (_fmt(caps.hypervisor_version),
-                                             _fmt(MIN_QEMU_LIVE)))
+        return 'QEMU %s is older than %s' % (
+            _fmt(caps.hypervisor_version), _fmt(MIN_QEMU_LIVE))
     if state not in guest_mod.ACTIVE_STATES:
         return 'the guest is %s, not running or paused' % state
     return None

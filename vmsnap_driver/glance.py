@@ -62,7 +62,8 @@ class ImageService:
                 ks_exc.MissingAuthPlugin,
                 ks_exc.ConnectionError,
                 ks_exc.DiscoveryFailure) as e:
-            raise exception.GlanceUnavailable(reason=str(e) or type(e).__name__)
+            raise exception.GlanceUnavailable(
+                reason=str(e) or type(e).__name__)
         except (glance_exc.HTTPUnauthorized, glance_exc.HTTPForbidden,
                 ks_exc.Unauthorized) as e:
             raise exception.GlanceRefused(

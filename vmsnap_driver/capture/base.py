@@ -56,4 +56,3 @@ class Capture(abc.ABC):
         before and nothing the capture created may remain outside
         ``workdir``.
         """
-

@@ -1,4 +1,4 @@
-"""Every failure leaves the guest, the domain, the disk and Glance as they were.
+"""Every failure leaves guest, domain, disk and Glance as they were.
 
 Failures are provoked for real: a closed port for Glance, a second Glance
 with a tiny size cap, a 1 MiB tmpfs, a block copy throttled past its
@@ -12,13 +12,13 @@ import resource
 import subprocess
 import tempfile
 
+import glanceclient
 import libvirt
 import pytest
 
 from vmsnap_driver import exception
+from vmsnap_driver.tests.functional import checks
 from vmsnap_driver.tests.functional import testguest
-from vmsnap_driver.tests.functional.test_snapshot import (
-    assert_guest_untouched, assert_no_leftovers, Instance)
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +39,7 @@ def untouched(guest):
     xml = guest.inactive_xml()
     counter = guest.last_counter()
     yield guest
-    assert_guest_untouched(guest, xml, libvirt.VIR_DOMAIN_RUNNING)
+    checks.assert_guest_untouched(guest, xml, libvirt.VIR_DOMAIN_RUNNING)
     guest.wait_counter_above(counter)
 
 
@@ -60,7 +60,7 @@ def file_size_limit(limit):
 
 def test_unknown_instance(conf, load_driver, queued_image, glance):
     image_id = queued_image()
-    missing = Instance.__new__(Instance)
+    missing = checks.Instance.__new__(checks.Instance)
     missing.uuid, missing.name = '5b8f0f2e-0000-4000-8000-000000000000', 'x'
     with pytest.raises(exception.InstanceNotFound) as err:
         load_driver().snapshot(None, missing, image_id)
@@ -70,10 +70,11 @@ def test_unknown_instance(conf, load_driver, queued_image, glance):
 
 def test_unknown_image(conf, load_driver, untouched):
     with pytest.raises(exception.ImageNotFound) as err:
-        load_driver().snapshot(None, Instance(untouched),
-                               '0b7c1d4e-0000-4000-8000-000000000000')
+        load_driver().snapshot(
+            None, checks.Instance(untouched),
+            '0b7c1d4e-0000-4000-8000-000000000000')
     assert 'Create the image' in str(err.value)
-    assert_no_leftovers(conf)
+    checks.assert_no_leftovers(conf)
 
 
 def test_image_not_queued(conf, load_driver, untouched, glance,
@@ -83,7 +84,7 @@ def test_image_not_queued(conf, load_driver, untouched, glance,
                          container_format='bare')
     glance.images.upload(image_id, io.BytesIO(b'x' * 512))
     with pytest.raises(exception.ImageNotQueued) as err:
-        load_driver().snapshot(None, Instance(untouched), image_id)
+        load_driver().snapshot(None, checks.Instance(untouched), image_id)
     assert '"active"' in str(err.value)
 
 
@@ -92,22 +93,21 @@ def test_glance_unreachable(conf, load_driver, untouched, queued_image):
     conf.set_override('endpoint_override', 'http://127.0.0.1:9',
                       group='glance')
     with pytest.raises(exception.GlanceUnavailable) as err:
-        load_driver().snapshot(None, Instance(untouched), image_id)
+        load_driver().snapshot(None, checks.Instance(untouched), image_id)
     assert 'endpoint_override' in str(err.value)
-    assert_no_leftovers(conf)
+    checks.assert_no_leftovers(conf)
 
 
 def test_glance_refuses_upload(conf, load_driver, untouched, refusing_glance):
-    import glanceclient
     capped = glanceclient.Client('2', endpoint=refusing_glance)
     image_id = capped.images.create(name='too big')['id']
     conf.set_override('endpoint_override', refusing_glance, group='glance')
     try:
         with pytest.raises(exception.GlanceRefused) as err:
-            load_driver().snapshot(None, Instance(untouched), image_id)
+            load_driver().snapshot(None, checks.Instance(untouched), image_id)
         assert image_id in str(err.value)
         assert capped.images.get(image_id)['status'] != 'active'
-        assert_no_leftovers(conf)
+        checks.assert_no_leftovers(conf)
     finally:
         capped.images.delete(image_id)
 
@@ -122,7 +122,7 @@ def test_no_space_fails_before_touching_guest(conf, load_driver, untouched,
         conf.set_override('snapshots_directory', small, group='libvirt')
         image_id = queued_image()
         with pytest.raises(exception.InsufficientSpace) as err:
-            load_driver().snapshot(None, Instance(untouched), image_id)
+            load_driver().snapshot(None, checks.Instance(untouched), image_id)
         assert small in str(err.value)
         assert os.listdir(small) == []
         assert_queued(glance, image_id)
@@ -137,10 +137,10 @@ def test_block_job_timeout_cancels_copy(conf, load_driver, untouched,
     conf.set_override('block_job_timeout', 1, group='libvirt')
     image_id = queued_image()
     with pytest.raises(exception.BlockJobTimeout) as err:
-        load_driver().snapshot(None, Instance(untouched), image_id)
+        load_driver().snapshot(None, checks.Instance(untouched), image_id)
     assert 'block_job_timeout' in str(err.value)
     assert_queued(glance, image_id)
-    assert_no_leftovers(conf)
+    checks.assert_no_leftovers(conf)
 
 
 @pytest.mark.parametrize('mode', ['live', 'cold'])
@@ -150,11 +150,11 @@ def test_qemu_img_failure_restores_guest(mode, conf, load_driver, untouched,
     image_id = queued_image()
     with file_size_limit(1024 * 1024):
         with pytest.raises(exception.QemuImgFailed) as err:
-            load_driver().snapshot(None, Instance(untouched), image_id)
+            load_driver().snapshot(None, checks.Instance(untouched), image_id)
     assert 'qemu-img convert -f ' in str(err.value)
     assert 'File too large' in str(err.value)
     assert_queued(glance, image_id)
-    assert_no_leftovers(conf)
+    checks.assert_no_leftovers(conf)
 
 
 def test_live_refused_for_shut_off_guest(conf, load_driver, make_guest,
@@ -164,7 +164,7 @@ def test_live_refused_for_shut_off_guest(conf, load_driver, make_guest,
     xml = guest.inactive_xml()
     image_id = queued_image()
     with pytest.raises(exception.SnapshotUnsupported) as err:
-        load_driver().snapshot(None, Instance(guest), image_id)
+        load_driver().snapshot(None, checks.Instance(guest), image_id)
     assert 'snapshot_mode = auto or cold' in str(err.value)
     assert guest.state() == libvirt.VIR_DOMAIN_SHUTOFF
     assert guest.inactive_xml() == xml

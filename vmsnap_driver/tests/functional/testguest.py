@@ -16,8 +16,8 @@ import subprocess
 import tarfile
 import tempfile
 import time
-import uuid as uuidlib
 from typing import Optional
+import uuid as uuidlib
 from xml.sax import saxutils
 
 import libvirt
@@ -270,7 +270,8 @@ class TestGuest:
             if time.monotonic() > deadline:
                 raise AssertionError(
                     'guest %s did not print %r within %ss; console:\n%s'
-                    % (self.name, marker, timeout, self.console_text()[-2000:]))
+                    % (self.name, marker, timeout,
+                       self.console_text()[-2000:]))
             time.sleep(0.2)
 
     def counters(self) -> list:

@@ -1,0 +1,91 @@
+"""The orchestrator's order of steps, with every collaborator scripted."""
+
+import contextlib
+import datetime
+import types
+from unittest import mock
+
+import pytest
+
+from vmsnap_driver.capture import base
+from vmsnap_driver import config
+from vmsnap_driver import driver as driver_mod
+from vmsnap_driver import exception
+from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import host as host_mod
+from vmsnap_driver import qemu_img
+
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+DISK = guest_mod.Disk('vda', 'file', '/disk.qcow2', 'qcow2', False)
+CHAIN = [qemu_img.ImageInfo('/disk.qcow2', 'qcow2', 1024, 100, None, None)]
+INSTANCE = types.SimpleNamespace(uuid='u-1', name='vm')
+
+
+@pytest.fixture
+def steps(tmp_path):
+    """Record every step the driver takes, in order."""
+    log = []
+    conf = config.CONF
+    conf.set_override('state_path', str(tmp_path))
+    conf.set_override('lock_path', str(tmp_path), group='oslo_concurrency')
+
+    guest = mock.Mock(uuid='u-1')
+    guest.name = 'vm'
+    guest.root_disk.return_value = DISK
+    guest.state.return_value = guest_mod.RUNNING
+
+    class Strategy(base.Capture):
+        mode = 'live'
+
+        def scratch_bytes(self, chain):
+            return 0
+
+        @contextlib.contextmanager
+        def capture(self, guest, disk, chain, workdir):
+            log.append('capture')
+            yield base.DiskView('/copy', 'qcow2', NOW, NOW)
+            log.append('release')
+
+    images = mock.Mock()
+    images.check_queued.side_effect = lambda i: log.append('check image')
+    images.upload.side_effect = lambda *a: log.append('upload')
+    with mock.patch.object(host_mod.Host, 'get_guest', return_value=guest), \
+            mock.patch.object(host_mod.Host, 'capabilities', return_value=(
+                host_mod.Capabilities('QEMU', (9, 0, 0), (7, 2, 0)))), \
+            mock.patch('vmsnap_driver.glance.ImageService',
+                       return_value=images), \
+            mock.patch('vmsnap_driver.capture.get',
+                       return_value=Strategy()), \
+            mock.patch.object(qemu_img, 'info', return_value=CHAIN), \
+            mock.patch.object(qemu_img, 'convert',
+                              side_effect=lambda *a, **k: log.append(
+                                  'flatten')):
+        yield types.SimpleNamespace(log=log, images=images, guest=guest)
+    conf.reset()
+
+
+def test_steps_run_in_order_with_task_states(steps):
+    tasks = []
+
+    def update_task_state(task_state, expected_state=None):
+        steps.log.append(task_state)
+        tasks.append((task_state, expected_state))
+
+    driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img',
+                                        update_task_state)
+    assert steps.log == ['check image', 'image_pending_upload', 'capture',
+                         'flatten', 'release', 'image_uploading', 'upload']
+    assert tasks[1] == ('image_uploading', 'image_pending_upload')
+    image_id, path, fmt, props = steps.images.upload.call_args[0]
+    assert (image_id, fmt) == ('img', 'qcow2')
+    assert props['vmsnap_mode'] == 'live'
+
+
+def test_image_is_checked_before_the_guest_is_touched(steps):
+    steps.images.check_queued.side_effect = exception.ImageNotFound(
+        image_id='img')
+    with pytest.raises(exception.ImageNotFound):
+        driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
+    assert steps.log == []
+    steps.guest.managed_save.assert_not_called()
+    steps.guest.block_copy.assert_not_called()
