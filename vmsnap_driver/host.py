@@ -13,6 +13,10 @@ from vmsnap_driver import guest as guest_mod
 LOG = logging.getLogger(__name__)
 
 
+def _ignore_libvirt_error(_ctx, _err) -> None:
+    """libvirt prints every error to stderr by default; we raise instead."""
+
+
 def _version_tuple(packed: int) -> Tuple[int, int, int]:
     return (packed // 1000000, packed // 1000 % 1000, packed % 1000)
 
@@ -37,6 +41,7 @@ class Host:
     def _connection(self) -> libvirt.virConnect:
         with self._lock:
             if self._conn is None or not self._conn.isAlive():
+                libvirt.registerErrorHandler(_ignore_libvirt_error, None)
                 try:
                     self._conn = libvirt.open(self.uri)
                 except libvirt.libvirtError as e:
