@@ -27,6 +27,12 @@ default_opts = [
     cfg.StrOpt('state_path',
                default=DEFAULT_STATE_PATH,
                help='Top-level directory for vmsnap\'s working files.'),
+    cfg.IntOpt('max_concurrent_snapshots',
+               default=5,
+               min=1,
+               help='Snapshots vmsnap-compute runs at once; more wait in '
+                    'line. Each holds a full copy of a disk in '
+                    'snapshots_directory while it runs.'),
 ]
 
 libvirt_group = cfg.OptGroup(
@@ -86,6 +92,39 @@ libvirt_opts = [
                     '0 means no limit.'),
 ]
 
+api_group = cfg.OptGroup(
+    'api', title='vmsnap-compute API options',
+    help='The Compute API subset that vmsnap-compute serves.')
+
+api_opts = [
+    cfg.HostAddressOpt('host',
+                       default='127.0.0.1',
+                       help='Address vmsnap-compute listens on.'),
+    cfg.PortOpt('port',
+                default=8774,
+                help='Port vmsnap-compute listens on.'),
+    cfg.StrOpt('auth_strategy',
+               default='noauth',
+               choices=[
+                   ('noauth', 'No authentication: every request is '
+                              'trusted. Only for a single host; refused on '
+                              'a non-loopback address unless '
+                              'allow_noauth_remote is set.'),
+                   ('keystone', 'Validate tokens with keystonemiddleware\'s '
+                                'auth_token ([keystone_authtoken]).'),
+               ],
+               help='How API requests are authenticated.'),
+    cfg.BoolOpt('allow_noauth_remote',
+                default=False,
+                help='Allow auth_strategy = noauth on a non-loopback '
+                     'address, letting anyone who reaches the port snapshot '
+                     'any guest on this host.'),
+    cfg.IntOpt('threads',
+               default=16,
+               min=1,
+               help='Threads of the WSGI server answering API requests.'),
+]
+
 glance_group = cfg.OptGroup(
     'glance', title='Image service options',
     help='How vmsnap reaches Glance. Any keystoneauth1 auth plugin works: '
@@ -110,6 +149,8 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(default_opts)
     conf.register_group(libvirt_group)
     conf.register_opts(libvirt_opts, group=libvirt_group)
+    conf.register_group(api_group)
+    conf.register_opts(api_opts, group=api_group)
     conf.register_group(glance_group)
     _register_keystoneauth_opts(conf)
 
@@ -144,6 +185,7 @@ def list_opts() -> list:
     return [
         ('DEFAULT', default_opts),
         (libvirt_group, libvirt_opts),
+        (api_group, api_opts),
         (glance_group, _dedup(glance_opts)),
     ]
 

@@ -85,3 +85,19 @@ class GuestNotRestored(VmsnapException):
                '"%(state)s" after a snapshot: %(reason)s. Its saved state '
                'is kept by libvirt: start it with "virsh start '
                '%(instance_uuid)s".')
+
+
+class SnapshotInProgress(VmsnapException):
+    msg_fmt = ('Instance %(instance_uuid)s already has a snapshot in '
+               'progress (task state %(task_state)s). Wait for it to '
+               'finish, then try again.')
+
+
+class UnexpectedTaskState(VmsnapException):
+    msg_fmt = ('Instance %(instance_uuid)s is in task state %(actual)s, '
+               'not %(expected)s: another operation changed it.')
+
+
+class ServiceStopping(VmsnapException):
+    msg_fmt = ('vmsnap-compute is shutting down and accepts no new '
+               'snapshots. Try again once it is back.')

@@ -98,6 +98,12 @@ class ImageService:
         else:
             LOG.info('Image %s deleted', image_id)
 
+    def image_location(self, image_id: str) -> str:
+        """The image's URL, for a Location header."""
+        with self._translated('locate', image_id):
+            endpoint = self._get_client().http_client.get_endpoint()
+        return '%s/v2/images/%s' % (endpoint.rstrip('/'), image_id)
+
     def check_queued(self, image_id: str) -> dict:
         """The image, if it can still receive data; fail early otherwise."""
         image = self.get(image_id)

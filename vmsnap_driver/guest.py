@@ -7,7 +7,7 @@ here, so no caller parses libvirt error codes.
 
 import contextlib
 import dataclasses
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 from xml.etree import ElementTree
 from xml.sax import saxutils
 
@@ -85,6 +85,12 @@ class Guest:
     def state(self) -> str:
         with self._translated('read the domain state'):
             return STATES.get(self._domain.state()[0], NOSTATE)
+
+    def hardware(self) -> Tuple[int, int]:
+        """Virtual CPUs and memory (MiB), for a flavor-like description."""
+        with self._translated('read the domain info'):
+            _state, max_mem_kib, _mem, vcpus, _cpu_time = self._domain.info()
+        return vcpus, max_mem_kib // 1024
 
     def is_persistent(self) -> bool:
         with self._translated('read the domain persistence'):

@@ -66,6 +66,15 @@ class Host:
                 action='look up the domain', instance_uuid=instance_uuid,
                 reason=e.get_error_message())
 
+    def list_guests(self) -> list:
+        conn = self._connection()
+        try:
+            return [guest_mod.Guest(dom) for dom in conn.listAllDomains(0)]
+        except libvirt.libvirtError as e:
+            raise exception.HypervisorError(
+                action='list domains', instance_uuid='-',
+                reason=e.get_error_message())
+
     def lookup(self, name_or_uuid: str) -> guest_mod.Guest:
         """A guest by UUID or, failing that, by domain name."""
         try:

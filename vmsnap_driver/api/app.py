@@ -1,0 +1,97 @@
+"""The WSGI application: routing, microversions and faults.
+
+Only the part of the Compute API that ``openstack server show`` and
+``openstack server image create`` use is served.  Every error, including an
+unexpected one, becomes a Nova-shaped JSON fault: a malformed request never
+takes the service down.
+"""
+
+import json
+import re
+from typing import Any
+
+from oslo_context import context as oslo_context
+from oslo_log import log as logging
+import webob
+import webob.dec
+
+from vmsnap_driver.api import faults
+from vmsnap_driver.api import microversion
+from vmsnap_driver.api import servers
+
+LOG = logging.getLogger(__name__)
+
+SERVER = r'(?P<server_id>[^/]+)'
+# (method, path regex, handler name, takes a request context)
+ROUTES = [
+    ('GET', r'/v2\.1/servers', 'index', False),
+    ('GET', r'/v2\.1/servers/detail', 'detail', False),
+    ('GET', r'/v2\.1/servers/' + SERVER, 'show', False),
+    ('POST', r'/v2\.1/servers/' + SERVER + r'/action', 'action', True),
+]
+COMPILED = [(method, re.compile('^' + path + '/?$'), name, needs_context)
+            for method, path, name, needs_context in ROUTES]
+
+
+def _json(body: dict, status: int = 200) -> webob.Response:
+    response = webob.Response(status=status, content_type='application/json',
+                              charset='UTF-8')
+    response.text = json.dumps(body)
+    return response
+
+
+class ComputeAPI:
+    def __init__(self, host: Any, manager: Any, images: Any) -> None:
+        self._servers = servers.Servers(host, manager, images)
+
+    @webob.dec.wsgify
+    def __call__(self, req: webob.Request) -> webob.Response:
+        base = req.host_url
+        path = req.path_info.rstrip('/') or '/'
+        if path == '/':
+            return _json({'versions': [
+                microversion.version_document(base)]}, status=200)
+        try:
+            version = microversion.negotiate(req.headers)
+        except microversion.NotAcceptable as e:
+            return faults.Fault(406, str(e)).response()
+        try:
+            if path == '/v2.1':
+                response = _json(
+                    {'version': microversion.version_document(base)})
+            else:
+                response = self._dispatch(req, path, base, version)
+        except faults.Fault as fault:
+            response = fault.response()
+        except Exception:
+            LOG.exception('Unexpected error answering %s %s', req.method,
+                          req.path)
+            response = faults.Fault(
+                500, 'Unexpected error; see the vmsnap-compute log.'
+            ).response()
+        response.headers.update(microversion.response_headers(version))
+        return response
+
+    def _dispatch(self, req: webob.Request, path: str, base: str,
+                  version: tuple) -> webob.Response:
+        allowed = []
+        for method, regex, name, needs_context in COMPILED:
+            match = regex.match(path)
+            if not match:
+                continue
+            if method != req.method:
+                allowed.append(method)
+                continue
+            handler = getattr(self._servers, name)
+            kwargs = match.groupdict()
+            if needs_context:
+                kwargs['context'] = oslo_context.RequestContext.from_environ(
+                    req.environ)
+            result = handler(req, base, version, **kwargs)
+            return result if isinstance(result, webob.Response) else (
+                _json(result))
+        if allowed:
+            raise faults.Fault(405, 'The method %s is not allowed for %s.'
+                               % (req.method, req.path),
+                               headers={'Allow': ', '.join(allowed)})
+        raise faults.Fault(404, 'The resource could not be found.')

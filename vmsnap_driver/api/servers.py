@@ -1,0 +1,234 @@
+"""The servers resource: each libvirt domain on this host is a server."""
+
+import datetime
+import hashlib
+import json
+import re
+import socket
+from typing import Any, Optional, Tuple
+
+import webob
+
+from vmsnap_driver.api import faults
+from vmsnap_driver.compute import manager as manager_mod
+from vmsnap_driver import exception
+from vmsnap_driver import guest as guest_mod
+
+# libvirt state -> (status, vm_state, power_state), as Nova reports them.
+STATES = {
+    guest_mod.RUNNING: ('ACTIVE', 'active', 1),
+    guest_mod.PAUSED: ('PAUSED', 'paused', 3),
+    guest_mod.SHUTOFF: ('SHUTOFF', 'stopped', 4),
+    guest_mod.CRASHED: ('ERROR', 'error', 6),
+    guest_mod.SUSPENDED: ('SUSPENDED', 'suspended', 7),
+    guest_mod.NOSTATE: ('UNKNOWN', 'error', 0),
+}
+MANAGED_SAVED = ('SUSPENDED', 'suspended', 4)
+SNAPSHOT_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF', 'SUSPENDED')
+
+MAX_NAME = 255
+UUID_RE = re.compile(r'^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$')
+EPOCH = '1970-01-01T00:00:00Z'
+
+
+def _status(guest: guest_mod.Guest) -> Tuple[str, str, int]:
+    state = guest.state()
+    if state == guest_mod.SHUTOFF and guest.has_managed_save():
+        return MANAGED_SAVED
+    return STATES[state]
+
+
+class Servers:
+    """Handlers for /v2.1/servers; every method returns a JSON-able dict."""
+
+    def __init__(self, host: Any, manager: manager_mod.ComputeManager,
+                 images: Any) -> None:
+        self._host = host
+        self._manager = manager
+        self._images = images
+        self._hostname = socket.gethostname()
+        self._host_id = hashlib.sha224(
+            self._hostname.encode()).hexdigest()
+        self._first_seen = {}
+
+    # -- lookups ------------------------------------------------------
+    def _guest(self, server_id: str) -> guest_mod.Guest:
+        not_found = faults.Fault(404, 'Instance %s could not be found.'
+                                 % server_id)
+        if not UUID_RE.match(server_id):
+            raise not_found
+        try:
+            return self._host.get_guest(server_id)
+        except exception.InstanceNotFound:
+            raise not_found
+
+    def _created(self, uuid: str) -> str:
+        # libvirt keeps no creation time: report when we first saw it.
+        return self._first_seen.setdefault(
+            uuid, datetime.datetime.now(datetime.timezone.utc).strftime(
+                '%Y-%m-%dT%H:%M:%SZ'))
+
+    # -- views --------------------------------------------------------
+    def _links(self, base: str, uuid: str) -> list:
+        return [{'rel': 'self', 'href': '%s/v2.1/servers/%s' % (base, uuid)},
+                {'rel': 'bookmark', 'href': '%s/servers/%s' % (base, uuid)}]
+
+    def _summary(self, guest: guest_mod.Guest, base: str) -> dict:
+        return {'id': guest.uuid, 'name': guest.name,
+                'links': self._links(base, guest.uuid)}
+
+    def _flavor(self, guest: guest_mod.Guest, version: tuple) -> dict:
+        vcpus, ram = guest.hardware()
+        name = 'vmsnap-%dcpu-%dmb' % (vcpus, ram)
+        if version >= (2, 47):
+            return {'vcpus': vcpus, 'ram': ram, 'disk': 0, 'ephemeral': 0,
+                    'swap': 0, 'original_name': name, 'extra_specs': {}}
+        return {'id': name, 'links': []}
+
+    def _detail(self, guest: guest_mod.Guest, base: str,
+                version: tuple) -> dict:
+        status, vm_state, power_state = _status(guest)
+        task = self._manager.task(guest.uuid)
+        if task:
+            status = task.status
+        created = self._created(guest.uuid)
+        server = self._summary(guest, base)
+        server.update({
+            'status': status,
+            'tenant_id': '',
+            'user_id': '',
+            'metadata': {},
+            'hostId': self._host_id,
+            'image': '',
+            'flavor': self._flavor(guest, version),
+            'created': created,
+            'updated': created,
+            'addresses': {},
+            'accessIPv4': '',
+            'accessIPv6': '',
+            'config_drive': '',
+            'key_name': None,
+            'progress': (manager_mod.PROGRESS.get(task.state, 0)
+                         if task else 0),
+            'security_groups': [],
+            'OS-DCF:diskConfig': 'MANUAL',
+            'OS-EXT-AZ:availability_zone': 'nova',
+            'OS-EXT-SRV-ATTR:host': self._hostname,
+            'OS-EXT-SRV-ATTR:hypervisor_hostname': self._hostname,
+            'OS-EXT-SRV-ATTR:instance_name': guest.name,
+            'OS-EXT-STS:task_state': task.state if task else None,
+            'OS-EXT-STS:vm_state': vm_state,
+            'OS-EXT-STS:power_state': power_state,
+            'OS-SRV-USG:launched_at': created,
+            'OS-SRV-USG:terminated_at': None,
+            'os-extended-volumes:volumes_attached': [],
+        })
+        if version >= (2, 9):
+            server['locked'] = False
+        if version >= (2, 16):
+            server['host_status'] = 'UP'
+        if version >= (2, 19):
+            server['description'] = None
+        if version >= (2, 26):
+            server['tags'] = []
+        fault = self._manager.fault(guest.uuid)
+        if fault:
+            server['fault'] = fault
+        return server
+
+    # -- handlers -----------------------------------------------------
+    def index(self, req: webob.Request, base: str, version: tuple) -> dict:
+        return {'servers': [self._summary(g, base)
+                            for g in self._filtered(req)]}
+
+    def detail(self, req: webob.Request, base: str, version: tuple) -> dict:
+        return {'servers': [self._detail(g, base, version)
+                            for g in self._filtered(req)]}
+
+    def _filtered(self, req: webob.Request) -> list:
+        guests = self._host.list_guests()
+        pattern = req.GET.get('name')
+        if pattern:
+            # Nova matches names as regular expressions.
+            try:
+                regex = re.compile(pattern)
+            except re.error:
+                regex = re.compile(re.escape(pattern))
+            guests = [g for g in guests if regex.search(g.name)]
+        return sorted(guests, key=lambda g: g.name)
+
+    def show(self, req: webob.Request, base: str, version: tuple,
+             server_id: str) -> dict:
+        return {'server': self._detail(self._guest(server_id), base,
+                                       version)}
+
+    def action(self, req: webob.Request, base: str, version: tuple,
+               server_id: str, context: Any) -> webob.Response:
+        body = _json_body(req)
+        if len(body) != 1:
+            raise faults.Fault(400, 'Exactly one action is expected in '
+                                    'the request body.')
+        name, args = next(iter(body.items()))
+        if name != 'createImage':
+            raise faults.Fault(400, 'There is no such action: %s' % name)
+        guest = self._guest(server_id)
+        image_name, metadata = _validate_create_image(args)
+        status = _status(guest)[0]
+        if status not in SNAPSHOT_STATUSES:
+            raise faults.Fault(409, "Cannot 'createImage' instance %s "
+                                    'while it is in status %s'
+                               % (server_id, status))
+        instance = manager_mod.Instance(uuid=guest.uuid, name=guest.name)
+        try:
+            image_id = self._manager.snapshot(context, instance, image_name,
+                                              metadata, status)
+        except exception.SnapshotInProgress as e:
+            raise faults.Fault(409, str(e))
+        except exception.ServiceStopping as e:
+            raise faults.Fault(503, str(e))
+        except (exception.GlanceUnavailable, exception.GlanceRefused) as e:
+            raise faults.Fault(503, str(e))
+        response = webob.Response(status=202)
+        response.headers['Location'] = self._images.image_location(image_id)
+        if version >= (2, 45):
+            response.content_type = 'application/json'
+            response.text = json.dumps({'image_id': image_id})
+        return response
+
+
+def _json_body(req: webob.Request) -> dict:
+    try:
+        body = json.loads(req.body or b'null')
+    except ValueError:
+        raise faults.Fault(400, 'Malformed request body: not JSON.')
+    if not isinstance(body, dict):
+        raise faults.Fault(400, 'Malformed request body: expected a JSON '
+                                'object.')
+    return body
+
+
+def _validate_create_image(args: Any) -> Tuple[str, dict]:
+    if not isinstance(args, dict):
+        raise faults.Fault(400, "Invalid input for field 'createImage': "
+                                'expected an object.')
+    unknown = set(args) - {'name', 'metadata'}
+    if unknown:
+        raise faults.Fault(400, "Additional properties are not allowed "
+                                '(%s were unexpected).'
+                           % ', '.join(sorted(unknown)))
+    name: Optional[str] = args.get('name')
+    if not isinstance(name, str) or not name.strip():
+        raise faults.Fault(400, "Invalid input for field 'name': a "
+                                'non-empty string is required.')
+    if len(name) > MAX_NAME:
+        raise faults.Fault(400, "Invalid input for field 'name': at most "
+                                '%d characters.' % MAX_NAME)
+    metadata = args.get('metadata', {})
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and
+            0 < len(k) <= MAX_NAME and len(v) <= MAX_NAME
+            for k, v in metadata.items()):
+        raise faults.Fault(400, "Invalid input for field 'metadata': an "
+                                'object of strings (keys 1-255, values up '
+                                'to 255 characters) is required.')
+    return name, metadata

@@ -1,0 +1,89 @@
+"""``vmsnap-compute``: the service behind ``openstack server image create``.
+
+It loads the configured driver through stevedore, serves the Compute API
+subset with cheroot (a multi-threaded WSGI server), and on SIGTERM stops
+taking requests, drops queued snapshots and lets running ones finish, so
+that no guest is left saved and no image half-written.
+"""
+
+import ipaddress
+import signal
+import socket
+import sys
+import threading
+from typing import List, Optional
+
+from cheroot import wsgi
+from oslo_log import log as logging
+from stevedore import driver as stevedore_driver
+
+from vmsnap_driver.api import app
+from vmsnap_driver.compute import manager as manager_mod
+from vmsnap_driver import config
+from vmsnap_driver import glance
+from vmsnap_driver import host as host_mod
+
+LOG = logging.getLogger(__name__)
+CONF = config.CONF
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback
+                   for info in socket.getaddrinfo(address, None))
+    except (OSError, ValueError):
+        return False
+
+
+def build_app(manager: manager_mod.ComputeManager,
+              images: glance.ImageService):
+    application = app.ComputeAPI(
+        host_mod.Host(CONF.libvirt.connection_uri), manager, images)
+    if CONF.api.auth_strategy == 'keystone':
+        # Imported here: only keystone deployments need it.
+        from keystonemiddleware import auth_token
+        application = auth_token.AuthProtocol(application, {})
+    return application
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    config.parse_args(sys.argv[1:] if argv is None else argv)
+    api = CONF.api
+    if (api.auth_strategy == 'noauth' and not _is_loopback(api.host)
+            and not api.allow_noauth_remote):
+        LOG.error('Refusing to serve without authentication on %s: anyone '
+                  'reaching it could snapshot any guest. Listen on a '
+                  'loopback address, set [api] auth_strategy = keystone, '
+                  'or set [api] allow_noauth_remote = true.', api.host)
+        return 2
+    driver = stevedore_driver.DriverManager(
+        'vmsnap.compute_drivers', CONF.compute_driver,
+        invoke_on_load=True).driver
+    images = glance.ImageService(CONF)
+    manager = manager_mod.ComputeManager(driver, images,
+                                         CONF.max_concurrent_snapshots)
+    server = wsgi.Server((api.host, api.port), build_app(manager, images),
+                         numthreads=api.threads,
+                         server_name='vmsnap-compute')
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_args: stop.set())
+    server.prepare()
+    serving = threading.Thread(target=server.serve, name='wsgi',
+                               daemon=True)
+    serving.start()
+    LOG.info('vmsnap-compute serving the Compute API on http://%s:%d '
+             '(driver %s, auth %s)', api.host, server.bind_addr[1],
+             CONF.compute_driver, api.auth_strategy)
+    while not stop.wait(1):
+        pass
+    LOG.info('Stopping: no new requests; queued snapshots are dropped and '
+             'running ones finish')
+    server.stop()
+    manager.stop()
+    LOG.info('vmsnap-compute stopped')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Runs snapshots in the background, as Nova's compute manager does.
+
+The API answers ``createImage`` at once (202) and the snapshot runs here,
+on a bounded pool, with task states the API shows.  A failed snapshot
+deletes its image, so a client polling Glance sees it end instead of
+waiting forever on a ``queued`` image, and leaves a fault on the server.
+"""
+
+from concurrent import futures
+import dataclasses
+import datetime
+import threading
+from typing import Any, Dict, Optional
+
+from oslo_log import log as logging
+
+from vmsnap_driver import exception
+from vmsnap_driver import glance
+from vmsnap_driver import image_properties
+
+LOG = logging.getLogger(__name__)
+
+# Nova's task states for a snapshot, in the order they are set.
+IMAGE_SNAPSHOT_PENDING = 'image_snapshot_pending'
+IMAGE_SNAPSHOT = 'image_snapshot'
+
+# A rough percentage for each step, shown as the server's ``progress``.
+PROGRESS = {
+    IMAGE_SNAPSHOT_PENDING: 0,
+    IMAGE_SNAPSHOT: 10,
+    'image_pending_upload': 25,
+    'image_uploading': 60,
+}
+
+
+@dataclasses.dataclass
+class Instance:
+    """What the driver needs to know of a server."""
+
+    uuid: str
+    name: str
+    image_ref: Optional[str] = None
+    system_metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Task:
+    state: str
+    # The server status when the snapshot was asked for: a cold snapshot
+    # stops the guest for a while, but the server is still ACTIVE to its
+    # user, as in Nova.
+    status: str
+    image_id: Optional[str] = None
+
+
+def _utcnow() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime(
+        '%Y-%m-%dT%H:%M:%SZ')
+
+
+class ComputeManager:
+    """One snapshot per server at a time, at most ``max_concurrent`` runs."""
+
+    def __init__(self, driver: Any, images: glance.ImageService,
+                 max_concurrent: int) -> None:
+        self._driver = driver
+        self._images = images
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=max_concurrent, thread_name_prefix='snapshot')
+        self._lock = threading.Lock()
+        self._tasks: Dict[str, Task] = {}
+        self._faults: Dict[str, dict] = {}
+        self._queued: Dict[futures.Future, str] = {}
+        self._stopping = False
+
+    # -- what the API shows ------------------------------------------
+    def task(self, instance_uuid: str) -> Optional[Task]:
+        with self._lock:
+            task = self._tasks.get(instance_uuid)
+            return dataclasses.replace(task) if task else None
+
+    def fault(self, instance_uuid: str) -> Optional[dict]:
+        with self._lock:
+            return self._faults.get(instance_uuid)
+
+    # -- createImage ---------------------------------------------------
+    def snapshot(self, context: Any, instance: Instance, name: str,
+                 metadata: Dict[str, str], status: str) -> str:
+        """Create the queued image and start the snapshot; its image id."""
+        with self._lock:
+            if self._stopping:
+                raise exception.ServiceStopping()
+            if instance.uuid in self._tasks:
+                raise exception.SnapshotInProgress(
+                    instance_uuid=instance.uuid,
+                    task_state=self._tasks[instance.uuid].state)
+            self._tasks[instance.uuid] = Task(IMAGE_SNAPSHOT_PENDING, status)
+        try:
+            properties = image_properties.inherited(instance)
+            properties.update(metadata)
+            properties.update({'image_type': 'snapshot',
+                               'instance_uuid': instance.uuid})
+            if instance.image_ref:
+                properties['base_image_ref'] = instance.image_ref
+            image_id = self._images.create(name, properties)['id']
+        except Exception:
+            with self._lock:
+                del self._tasks[instance.uuid]
+            raise
+        with self._lock:
+            self._tasks[instance.uuid].image_id = image_id
+            future = self._executor.submit(self._run, context, instance,
+                                           image_id)
+            self._queued[future] = instance.uuid
+        future.add_done_callback(self._forget)
+        LOG.info('Snapshot into image %(image)s queued',
+                 {'image': image_id}, instance_uuid=instance.uuid)
+        return image_id
+
+    def _forget(self, future: futures.Future) -> None:
+        with self._lock:
+            self._queued.pop(future, None)
+
+    def _run(self, context: Any, instance: Instance, image_id: str) -> None:
+        uuid = instance.uuid
+        if context is not None:
+            # Log lines from this thread carry the API request's id.
+            context.update_store()
+
+        def update_task_state(task_state: str,
+                              expected_state: str = IMAGE_SNAPSHOT) -> None:
+            with self._lock:
+                current = self._tasks[uuid].state
+                if expected_state is not None and current != expected_state:
+                    raise exception.UnexpectedTaskState(
+                        instance_uuid=uuid, actual=current,
+                        expected=expected_state)
+                self._tasks[uuid].state = task_state
+
+        try:
+            update_task_state(IMAGE_SNAPSHOT,
+                              expected_state=IMAGE_SNAPSHOT_PENDING)
+            self._driver.snapshot(context, instance, image_id,
+                                  update_task_state)
+        except Exception as e:
+            if isinstance(e, exception.VmsnapException):
+                LOG.error('Snapshot into image %(image)s failed: %(error)s',
+                          {'image': image_id, 'error': e},
+                          instance_uuid=uuid)
+            else:
+                LOG.exception('Snapshot into image %s failed unexpectedly',
+                              image_id, instance_uuid=uuid)
+            self._images.delete(image_id)
+            with self._lock:
+                self._faults[uuid] = {
+                    'code': 500, 'created': _utcnow(),
+                    'message': '%s: %s' % (type(e).__name__, e)}
+        else:
+            with self._lock:
+                self._faults.pop(uuid, None)
+        finally:
+            with self._lock:
+                self._tasks.pop(uuid, None)
+
+    # -- shutdown ------------------------------------------------------
+    def stop(self) -> None:
+        """Take no new snapshot, drop queued ones, let running ones end.
+
+        A queued snapshot has touched nothing but its image, which is
+        deleted.  A running one is left to finish or fail on its own,
+        since either way it restores the guest and cleans up.
+        """
+        with self._lock:
+            self._stopping = True
+            queued = list(self._queued.items())
+        for future, uuid in queued:
+            if future.cancel():
+                with self._lock:
+                    task = self._tasks.pop(uuid, None)
+                if task and task.image_id:
+                    LOG.info('Dropping queued snapshot into image %s',
+                             task.image_id, instance_uuid=uuid)
+                    self._images.delete(task.image_id)
+        running = len(self._tasks)
+        if running:
+            LOG.info('Waiting for %d running snapshot(s) to end', running)
+        self._executor.shutdown(wait=True)
