@@ -95,3 +95,21 @@ class ComputeAPI:
                                % (req.method, req.path),
                                headers={'Allow': ', '.join(allowed)})
         raise faults.Fault(404, 'The resource could not be found.')
+
+
+class VersionsWithoutAuth:
+    """Serve version discovery unauthenticated, everything else through auth.
+
+    Clients discover versions before they have a token, so Nova serves
+    ``/`` and ``/v2.1/`` outside its auth pipeline; so do we.
+    """
+
+    def __init__(self, application: Any, authenticated: Any) -> None:
+        self._application = application
+        self._authenticated = authenticated
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        path = environ.get('PATH_INFO', '').rstrip('/')
+        if path in ('', '/v2.1'):
+            return self._application(environ, start_response)
+        return self._authenticated(environ, start_response)

@@ -42,7 +42,8 @@ def build_app(manager: manager_mod.ComputeManager,
     if CONF.api.auth_strategy == 'keystone':
         # Imported here: only keystone deployments need it.
         from keystonemiddleware import auth_token
-        application = auth_token.AuthProtocol(application, {})
+        application = app.VersionsWithoutAuth(
+            application, auth_token.AuthProtocol(application, {}))
     return application
 
 

@@ -1,0 +1,295 @@
+"""vmsnap-compute driven by the real ``openstack`` client.
+
+The service runs as its own process (the console script), against this
+host's libvirtd and the local Glance; the client talks to it without
+Keystone (OS_AUTH_TYPE=none, endpoint overrides), as an operator would.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import libvirt
+import pytest
+
+from vmsnap_driver.tests.functional import checks
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A running vmsnap-compute process with its own config file."""
+
+    def __init__(self, workroot, glance_url, **sections):
+        self.dir = tempfile.mkdtemp(dir=workroot, prefix='compute-')
+        os.chmod(self.dir, 0o755)
+        self.port = _free_port()
+        self.url = 'http://127.0.0.1:%d' % self.port
+        options = {
+            'DEFAULT': {'state_path': self.dir},
+            'api': {'host': '127.0.0.1', 'port': self.port},
+            'glance': {'auth_type': 'none',
+                       'endpoint_override': glance_url},
+        }
+        for section, values in sections.items():
+            options.setdefault(section, {}).update(values)
+        self.config = os.path.join(self.dir, 'vmsnap.conf')
+        with open(self.config, 'w') as f:
+            for section, values in options.items():
+                f.write('[%s]\n' % section)
+                for key, value in values.items():
+                    f.write('%s = %s\n' % (key, value))
+        self.log = os.path.join(self.dir, 'compute.log')
+        self.proc = None
+
+    def start(self, wait=True):
+        with open(self.log, 'w') as log:
+            self.proc = subprocess.Popen(
+                [os.path.join(BIN, 'vmsnap-compute'),
+                 '--config-file', self.config],
+                stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(self.url + '/', timeout=2).read()
+                    return self
+                except OSError:
+                    if self.proc.poll() is not None or (
+                            time.monotonic() > deadline):
+                        raise AssertionError('vmsnap-compute did not start:\n'
+                                             + self.log_text())
+                    time.sleep(0.2)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        return self.proc.returncode
+
+    def log_text(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def request(self, method, path, body=None, headers=None):
+        """(status, headers, parsed JSON body or None)."""
+        data = body if isinstance(body, (bytes, type(None))) else (
+            json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data,
+                                     method=method, headers=dict(
+                                         {'Content-Type': 'application/json'},
+                                         **(headers or {})))
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, hdrs, raw = resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as e:
+            status, hdrs, raw = e.code, e.headers, e.read()
+        return status, hdrs, json.loads(raw) if raw else None
+
+    def openstack(self, *args, check=True):
+        env = dict(os.environ,
+                   OS_AUTH_TYPE='none',
+                   OS_ENDPOINT=self.glance_url,
+                   OS_COMPUTE_ENDPOINT_OVERRIDE=self.url + '/v2.1',
+                   OS_IMAGE_ENDPOINT_OVERRIDE=self.glance_url)
+        result = subprocess.run([os.path.join(BIN, 'openstack')] + list(args),
+                                env=env, capture_output=True, text=True,
+                                timeout=300)
+        if check:
+            assert result.returncode == 0, (
+                'openstack %s failed:\n%s\n%s\nservice log:\n%s'
+                % (' '.join(args), result.stdout, result.stderr,
+                   self.log_text()[-3000:]))
+        return result
+
+
+@pytest.fixture
+def service(workroot, glance_url):
+    """Start a vmsnap-compute with extra config sections; stop it after."""
+    started = []
+
+    def start(wait=True, **sections):
+        svc = Service(workroot, glance_url, **sections)
+        svc.glance_url = glance_url
+        started.append(svc)
+        return svc.start(wait=wait)
+    yield start
+    for svc in started:
+        svc.stop()
+        shutil.rmtree(svc.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope='module')
+def running_guest(conn, workroot, guest_kit):
+    from vmsnap_driver.tests.functional import testguest
+    guest = testguest.TestGuest(
+        conn, tempfile.mkdtemp(dir=workroot, prefix='guest-'))
+    guest.start()
+    yield guest
+    guest.destroy()
+
+
+def test_server_show(service, running_guest):
+    svc = service()
+    shown = json.loads(svc.openstack('server', 'show', running_guest.name,
+                                     '-f', 'json').stdout)
+    assert shown['id'] == running_guest.uuid
+    assert shown['name'] == running_guest.name
+    assert shown['status'] == 'ACTIVE'
+    assert shown['OS-EXT-STS:vm_state'] == 'active'
+    assert shown['OS-EXT-STS:task_state'] is None
+
+
+def test_image_create_waits_for_active_image_with_guest_data(
+        service, running_guest, glance, workroot, glance_url):
+    svc = service()
+    xml = running_guest.inactive_xml()
+    before = running_guest.last_counter()
+    created = json.loads(svc.openstack(
+        'server', 'image', 'create', running_guest.name, '--name',
+        'osc-snapshot', '--property', 'purpose=functional-test', '--wait',
+        '-f', 'json').stdout)
+    after = running_guest.last_counter()
+
+    assert created['status'] == 'active'
+    image = glance.images.get(created['id'])
+    assert image['name'] == 'osc-snapshot'
+    assert image['purpose'] == 'functional-test'
+    checks.assert_image_holds(glance, created['id'], running_guest,
+                              workroot, (before, after))
+    checks.assert_guest_untouched(running_guest, xml,
+                                  libvirt.VIR_DOMAIN_RUNNING)
+    glance.images.delete(created['id'])
+
+
+def test_second_snapshot_while_one_runs_is_409(service, running_guest,
+                                               glance):
+    # Throttle the copy so that the first snapshot is still running.
+    svc = service(libvirt={'snapshot_mode': 'live',
+                           'block_copy_bandwidth': 1})
+    path = '/v2.1/servers/%s/action' % running_guest.uuid
+    body = {'createImage': {'name': 'first'}}
+    headers = {'OpenStack-API-Version': 'compute 2.45'}
+    status, hdrs, first = svc.request('POST', path, body, headers)
+    assert status == 202, first
+    assert hdrs['Location'].endswith('/v2/images/' + first['image_id'])
+    assert hdrs['OpenStack-API-Version'] == 'compute 2.45'
+    status, _hdrs, second = svc.request('POST', path, body, headers)
+    assert status == 409
+    assert 'already has a snapshot in progress' in (
+        second['conflictingRequest']['message'])
+
+    _status, _hdrs, shown = svc.request(
+        'GET', '/v2.1/servers/' + running_guest.uuid)
+    assert shown['server']['OS-EXT-STS:task_state'] is not None
+    assert shown['server']['status'] == 'ACTIVE'
+    deadline = time.monotonic() + 120
+    while glance.images.get(first['image_id'])['status'] != 'active':
+        assert time.monotonic() < deadline, svc.log_text()
+        time.sleep(0.5)
+    _status, _hdrs, shown = svc.request(
+        'GET', '/v2.1/servers/' + running_guest.uuid)
+    assert shown['server']['OS-EXT-STS:task_state'] is None
+    glance.images.delete(first['image_id'])
+
+
+def test_failed_snapshot_fails_the_client_and_leaves_a_fault(
+        service, make_guest, glance):
+    # live is impossible for a shut-off guest: the snapshot must fail.
+    guest = make_guest()
+    svc = service(libvirt={'snapshot_mode': 'live'})
+    result = svc.openstack('server', 'image', 'create', guest.name,
+                           '--name', 'doomed', '--wait', check=False)
+    assert result.returncode != 0
+    assert not [i for i in glance.images.list() if i['name'] == 'doomed']
+    shown = json.loads(svc.openstack('server', 'show', guest.name,
+                                     '-f', 'json').stdout)
+    assert 'SnapshotUnsupported' in shown['fault']['message']
+    assert 'snapshot_mode = auto or cold' in shown['fault']['message']
+    assert guest.state() == libvirt.VIR_DOMAIN_SHUTOFF
+
+
+def test_sigterm_lets_running_snapshot_finish(service, running_guest,
+                                              glance):
+    svc = service(libvirt={'snapshot_mode': 'live',
+                           'block_copy_bandwidth': 1})
+    status, _hdrs, body = svc.request(
+        'POST', '/v2.1/servers/%s/action' % running_guest.uuid,
+        {'createImage': {'name': 'in-flight'}},
+        {'OpenStack-API-Version': 'compute 2.45'})
+    assert status == 202
+    time.sleep(0.5)
+    assert svc.stop() == 0
+    assert glance.images.get(body['image_id'])['status'] == 'active'
+    assert 'running ones finish' in svc.log_text()
+    assert running_guest.state() == libvirt.VIR_DOMAIN_RUNNING
+    assert running_guest.dom.blockJobInfo('vda', 0) == {}
+    glance.images.delete(body['image_id'])
+
+
+def test_malformed_requests_get_nova_faults(service, running_guest):
+    svc = service()
+    action = '/v2.1/servers/%s/action' % running_guest.uuid
+    cases = [
+        ('POST', action, b'{not json', 400, 'badRequest'),
+        ('POST', action, {'reboot': {}}, 400, 'badRequest'),
+        ('POST', action, {'createImage': {}}, 400, 'badRequest'),
+        ('POST', action, {'createImage': {'name': 'x' * 256}}, 400,
+         'badRequest'),
+        ('POST', action, {'createImage': {'name': 'a', 'metadata': {
+            'k': 1}}}, 400, 'badRequest'),
+        ('GET', '/v2.1/servers/not-a-server', None, 404, 'itemNotFound'),
+        ('POST', '/v2.1/servers/%s/action' % ('0' * 8 + '-0000-4000-8000-'
+                                              + '0' * 12),
+         {'createImage': {'name': 'a'}}, 404, 'itemNotFound'),
+        ('DELETE', '/v2.1/servers/' + running_guest.uuid, None, 405,
+         'badMethod'),
+        ('GET', '/v2.1/flavors', None, 404, 'itemNotFound'),
+    ]
+    for method, path, body, code, fault in cases:
+        status, _hdrs, answer = svc.request(method, path, body)
+        assert (status, list(answer)) == (code, [fault]), (method, path)
+    status, _hdrs, answer = svc.request(
+        'GET', '/v2.1/servers', headers={'OpenStack-API-Version':
+                                         'compute 2.99'})
+    assert status == 406
+    # Still serving.
+    status, _hdrs, answer = svc.request('GET', '/v2.1/servers?name=' +
+                                        running_guest.name)
+    assert status == 200
+    assert [s['id'] for s in answer['servers']] == [running_guest.uuid]
+
+
+def test_keystone_strategy_rejects_requests_without_token(service):
+    svc = service(api={'auth_strategy': 'keystone'},
+                  keystone_authtoken={
+                      'www_authenticate_uri': 'http://127.0.0.1:5000/v3',
+                      'auth_url': 'http://127.0.0.1:5000/v3'})
+    status, hdrs, _body = svc.request('GET', '/v2.1/servers')
+    assert status == 401
+    assert 'Keystone uri' in hdrs.get('WWW-Authenticate', '')
+
+
+def test_noauth_refuses_non_loopback_address(service):
+    svc = service(wait=False, api={'host': '0.0.0.0'})
+    assert svc.proc.wait(timeout=30) == 2
+    assert 'allow_noauth_remote' in svc.log_text()

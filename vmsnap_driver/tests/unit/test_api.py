@@ -1,0 +1,136 @@
+"""The Compute API application against a scripted host and manager."""
+
+import json
+from unittest import mock
+
+import webob
+
+from vmsnap_driver.api import app
+from vmsnap_driver import exception
+from vmsnap_driver import guest as guest_mod
+
+UUID = '11111111-2222-4333-8444-555555555555'
+
+
+def make_app():
+    guest = mock.Mock(uuid=UUID)
+    guest.name = 'vm1'
+    guest.state.return_value = guest_mod.RUNNING
+    guest.has_managed_save.return_value = False
+    guest.hardware.return_value = (2, 512)
+    host = mock.Mock()
+    host.list_guests.return_value = [guest]
+
+    def get_guest(uuid):
+        if uuid != UUID:
+            raise exception.InstanceNotFound(instance_uuid=uuid, uri='x')
+        return guest
+    host.get_guest.side_effect = get_guest
+    manager = mock.Mock()
+    manager.task.return_value = None
+    manager.fault.return_value = None
+    manager.snapshot.return_value = 'img-1'
+    images = mock.Mock()
+    images.image_location.return_value = 'http://glance/v2/images/img-1'
+    return app.ComputeAPI(host, manager, images), manager, guest
+
+
+def call(application, method, path, body=None, version=None):
+    req = webob.Request.blank(path, method=method)
+    if body is not None:
+        req.body = body if isinstance(body, bytes) else json.dumps(
+            body).encode()
+    if version:
+        req.headers['OpenStack-API-Version'] = 'compute ' + version
+    resp = req.get_response(application)
+    return resp.status_int, resp.headers, (resp.json if resp.body else None)
+
+
+def test_versions():
+    application, _m, _g = make_app()
+    status, _h, body = call(application, 'GET', '/')
+    assert status == 200
+    assert body['versions'][0]['version'] == '2.47'
+    status, _h, body = call(application, 'GET', '/v2.1/')
+    assert body['version']['min_version'] == '2.1'
+
+
+def test_microversion_is_negotiated_and_echoed():
+    application, _m, _g = make_app()
+    _s, headers, body = call(application, 'GET', '/v2.1/servers/' + UUID,
+                             version='2.45')
+    assert headers['OpenStack-API-Version'] == 'compute 2.45'
+    assert body['server']['flavor'] == {'id': 'vmsnap-2cpu-512mb',
+                                        'links': []}
+    _s, headers, body = call(application, 'GET', '/v2.1/servers/' + UUID,
+                             version='latest')
+    assert headers['OpenStack-API-Version'] == 'compute 2.47'
+    assert body['server']['flavor']['vcpus'] == 2
+    status, _h, body = call(application, 'GET', '/v2.1/servers',
+                            version='3.0')
+    assert status == 406
+
+
+def test_server_status_follows_libvirt_and_task():
+    application, manager, guest = make_app()
+    guest.state.return_value = guest_mod.SHUTOFF
+    guest.has_managed_save.return_value = True
+    _s, _h, body = call(application, 'GET', '/v2.1/servers/detail')
+    server = body['servers'][0]
+    assert (server['status'], server['OS-EXT-STS:vm_state']) == (
+        'SUSPENDED', 'suspended')
+    manager.task.return_value = mock.Mock(state='image_uploading',
+                                          status='ACTIVE')
+    _s, _h, body = call(application, 'GET', '/v2.1/servers/' + UUID)
+    assert body['server']['status'] == 'ACTIVE'
+    assert body['server']['progress'] == 60
+
+
+def test_create_image_answers_202_with_image_id():
+    application, manager, _g = make_app()
+    status, headers, body = call(
+        application, 'POST', '/v2.1/servers/%s/action' % UUID,
+        {'createImage': {'name': 'snap', 'metadata': {'a': 'b'}}},
+        version='2.45')
+    assert status == 202
+    assert body == {'image_id': 'img-1'}
+    assert headers['Location'] == 'http://glance/v2/images/img-1'
+    args = manager.snapshot.call_args[0]
+    assert args[2:] == ('snap', {'a': 'b'}, 'ACTIVE')
+    status, headers, body = call(
+        application, 'POST', '/v2.1/servers/%s/action' % UUID,
+        {'createImage': {'name': 'snap'}})
+    assert (status, body) == (202, None)
+
+
+def test_conflict_and_unsnapshottable_states_are_409():
+    application, manager, guest = make_app()
+    manager.snapshot.side_effect = exception.SnapshotInProgress(
+        instance_uuid=UUID, task_state='image_uploading')
+    status, _h, body = call(application, 'POST',
+                            '/v2.1/servers/%s/action' % UUID,
+                            {'createImage': {'name': 'x'}})
+    assert status == 409 and 'conflictingRequest' in body
+    guest.state.return_value = guest_mod.CRASHED
+    status, _h, body = call(application, 'POST',
+                            '/v2.1/servers/%s/action' % UUID,
+                            {'createImage': {'name': 'x'}})
+    assert status == 409 and 'ERROR' in body['conflictingRequest']['message']
+
+
+def test_unexpected_errors_are_500_faults():
+    application, manager, _g = make_app()
+    manager.task.side_effect = RuntimeError('boom')
+    status, _h, body = call(application, 'GET', '/v2.1/servers/' + UUID)
+    assert status == 500
+    assert body['computeFault']['message'].startswith('Unexpected error')
+
+
+def test_name_filter():
+    application, _m, _g = make_app()
+    _s, _h, body = call(application, 'GET', '/v2.1/servers?name=vm')
+    assert len(body['servers']) == 1
+    _s, _h, body = call(application, 'GET', '/v2.1/servers?name=other')
+    assert body['servers'] == []
+    _s, _h, body = call(application, 'GET', '/v2.1/servers?name=(')
+    assert body['servers'] == []
