@@ -77,6 +77,16 @@ libvirt_opts = [
                 default=False,
                 help='Compress qcow2 snapshot images (qemu-img convert -c). '
                      'Smaller uploads, more CPU time. Ignored for raw.'),
+    cfg.BoolOpt('use_backup_api',
+                default=True,
+                help='Use libvirt\'s backup API (pull mode) when the host '
+                     'supports it: the disk is frozen in time in '
+                     'milliseconds and read once, straight into Glance, '
+                     'with no copy on the host\'s disks; a cold snapshot '
+                     'resumes the guest before its disk is read. When off, '
+                     'or when libvirt lacks it, live snapshots block-copy '
+                     'the disk first and cold ones keep the guest stopped '
+                     'while its disk is read.'),
     cfg.IntOpt('block_job_timeout',
                default=600,
                min=1,

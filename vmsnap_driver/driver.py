@@ -14,11 +14,14 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from vmsnap_driver import capture
+from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import config
 from vmsnap_driver import decide
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import image_properties
+from vmsnap_driver import image_stream
+from vmsnap_driver import nbd
 from vmsnap_driver import qemu_img
 from vmsnap_driver import workspace
 
@@ -61,37 +64,75 @@ class LibvirtDriver:
                   update_task_state: TaskStateCallback) -> None:
         libvirt_conf = self._conf.libvirt
         image_format = libvirt_conf.snapshot_image_format
+        compress = libvirt_conf.snapshot_compression
         guest = self._host.get_guest(instance.uuid)
         self._images.check_queued(image_id)
         disk = guest.root_disk()
-        decision = decide.choose(libvirt_conf.snapshot_mode,
-                                 self._host.capabilities(), guest.state(),
+        state = guest.state()
+        caps = self._host.capabilities(guest.virt_type())
+        decision = decide.choose(libvirt_conf.snapshot_mode, caps, state,
                                  disk, instance.uuid)
-        LOG.info('Taking a %(mode)s snapshot of disk %(disk)s into image '
-                 '%(image)s: %(reason)s',
-                 {'mode': decision.mode, 'disk': disk.target,
-                  'image': image_id, 'reason': decision.reason},
+        strategy = capture.get(decision.mode, self._conf, caps)
+        LOG.info('Taking a %(mode)s snapshot (%(method)s) of disk %(disk)s '
+                 'into image %(image)s: %(reason)s',
+                 {'mode': decision.mode, 'method': strategy.method,
+                  'disk': disk.target, 'image': image_id,
+                  'reason': decision.reason},
                  instance_uuid=instance.uuid)
-        strategy = capture.get(decision.mode, self._conf)
         # -U: a running QEMU holds the disk open.
         chain = qemu_img.info(disk.path, disk.format, force_share=True)
-        needed = _flat_size(chain) + strategy.scratch_bytes(chain)
+        streamed = strategy.exports_nbd(state) and not (
+            compress and image_format == 'qcow2')
+        needed = strategy.scratch_bytes(chain) + (
+            0 if streamed else _flat_size(chain))
 
         update_task_state(task_state=IMAGE_PENDING_UPLOAD)
         with workspace.workspace(libvirt_conf.snapshots_directory,
                                  needed) as workdir:
-            flat = os.path.join(workdir, 'snapshot.' + image_format)
+            flat = None
             with strategy.capture(guest, disk, chain, workdir) as view:
-                qemu_img.convert(view.path, view.format, flat, image_format,
-                                 compress=libvirt_conf.snapshot_compression)
-            properties = image_properties.snapshot_properties(
-                instance, decision.mode, decision.reason, disk,
-                view.started_at, view.captured_at)
-            update_task_state(task_state=IMAGE_UPLOADING,
-                              expected_state=IMAGE_PENDING_UPLOAD)
-            self._images.upload(image_id, flat, image_format, properties)
+                properties = image_properties.snapshot_properties(
+                    instance, decision.mode, decision.reason, disk,
+                    view.started_at, view.captured_at)
+                properties['vmsnap_capture_method'] = strategy.method
+                if streamed:
+                    update_task_state(task_state=IMAGE_UPLOADING,
+                                      expected_state=IMAGE_PENDING_UPLOAD)
+                    self._upload_export(image_id, view, image_format,
+                                        properties)
+                else:
+                    flat = os.path.join(workdir, 'snapshot.' + image_format)
+                    _flatten(view, flat, image_format, compress)
+            if flat:
+                update_task_state(task_state=IMAGE_UPLOADING,
+                                  expected_state=IMAGE_PENDING_UPLOAD)
+                self._images.upload_file(image_id, flat, image_format,
+                                         properties)
         LOG.info('Snapshot image %(image)s is active', {'image': image_id},
                  instance_uuid=instance.uuid)
+
+    def _upload_export(self, image_id: str, view: capture_base.DiskView,
+                       image_format: str, properties: dict) -> None:
+        """Encode the export front to back, straight into Glance."""
+        with nbd.Client(view.nbd_socket, view.nbd_export) as client:
+            encoded = image_stream.ENCODERS[image_format](
+                client.size, client.extents(), client.read)
+            body = image_stream.Prefetcher(encoded.chunks)
+            try:
+                self._images.upload(image_id, body, encoded.size,
+                                    image_format, properties)
+            finally:
+                body.close()
+
+
+def _flatten(view: capture_base.DiskView, dest: str, image_format: str,
+             compress: bool) -> None:
+    if view.path:
+        qemu_img.convert(view.path, view.format, dest, image_format,
+                         compress=compress)
+    else:
+        qemu_img.convert_nbd(view.nbd_socket, view.nbd_export, dest,
+                             image_format, compress=compress)
 
 
 def _flat_size(chain: list) -> int:

@@ -112,15 +112,15 @@ class ImageService:
                                            status=image['status'])
         return image
 
-    def upload(self, image_id: str, path: str, disk_format: str,
+    def upload(self, image_id: str, data: Any, size: int, disk_format: str,
                properties: dict) -> dict:
-        """Declare formats, size and properties, then stream the file.
+        """Declare formats, size and properties, then stream ``data``.
 
-        glanceclient reads the file in chunks, so the image is never held in
-        memory.  Declaring the size makes Glance reject a short stream, so a
-        failed upload never leaves an ``active`` image with partial data.
+        ``data`` is read in chunks (glanceclient calls ``read``), so the
+        image is never held in memory.  Declaring the size makes Glance
+        reject a short stream, so a failed upload never leaves an
+        ``active`` image with partial data.
         """
-        size = os.path.getsize(path)
         client = self._get_client()
         with self._translated('update', image_id):
             client.images.update(image_id, disk_format=disk_format,
@@ -128,11 +128,16 @@ class ImageService:
         LOG.info('Uploading %(size)d bytes of %(fmt)s into image %(id)s',
                  {'size': size, 'fmt': disk_format, 'id': image_id})
         with self._translated('upload data to', image_id):
-            with open(path, 'rb') as data:
-                client.images.upload(image_id, data, image_size=size)
+            client.images.upload(image_id, data, image_size=size)
         image = self.get(image_id)
         if image['status'] != ACTIVE:
             raise exception.GlanceRefused(
                 action='activate', image_id=image_id,
                 reason='it is "%s" after the upload' % image['status'])
         return image
+
+    def upload_file(self, image_id: str, path: str, disk_format: str,
+                    properties: dict) -> dict:
+        with open(path, 'rb') as data:
+            return self.upload(image_id, data, os.path.getsize(path),
+                               disk_format, properties)

@@ -146,6 +146,47 @@ class Guest:
         with self._translated('look for a managed save image'):
             return bool(self._domain.hasManagedSaveImage(0))
 
+    def virt_type(self) -> str:
+        """The domain's type (``qemu`` for TCG, ``kvm``)."""
+        with self._translated('read the domain XML'):
+            xml = self._domain.XMLDesc(0)
+        return ElementTree.fromstring(xml).get('type')
+
+    def launch_paused(self) -> None:
+        """Start the domain paused; from its managed save when it has one."""
+        with self._translated('start the guest paused'):
+            self._domain.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+
+    def resume(self) -> None:
+        with self._translated('resume the guest'):
+            self._domain.resume()
+
+    # -- backup jobs --------------------------------------------------
+    def backup_begin(self, disk: str, socket_path: str,
+                     scratch_path: str) -> None:
+        """Export ``disk`` as it is now over NBD (libvirt backup, pull).
+
+        QEMU keeps a point-in-time view: before the guest overwrites a
+        block, the old content is copied into the scratch file, so the
+        export never changes while the guest runs on.
+        """
+        disks = ''.join(
+            "<disk name=%s backup='no'/>" % saxutils.quoteattr(d.target)
+            for d in self.disks() if d.target != disk)
+        xml = ("<domainbackup mode='pull'>"
+               "<server transport='unix' socket=%s/>"
+               "<disks><disk name=%s backup='yes' type='file'>"
+               "<scratch file=%s/></disk>%s</disks></domainbackup>"
+               % (saxutils.quoteattr(socket_path), saxutils.quoteattr(disk),
+                  saxutils.quoteattr(scratch_path), disks))
+        with self._translated('start a backup of %s' % disk):
+            self._domain.backupBegin(xml, None, 0)
+
+    def abort_job(self) -> None:
+        """End the domain's job (a pull backup ends this way)."""
+        with self._translated('end the backup job'):
+            self._domain.abortJob()
+
     # -- block jobs ---------------------------------------------------
     def block_copy(self, disk: str, dest_path: str, dest_format: str,
                    bandwidth: int = 0) -> None:

@@ -2,7 +2,8 @@
 
 import dataclasses
 import threading
-from typing import Tuple
+from typing import Optional, Tuple
+from xml.etree import ElementTree
 
 import libvirt
 from oslo_log import log as logging
@@ -28,6 +29,10 @@ class Capabilities:
     hypervisor: str
     libvirt_version: Tuple[int, int, int]
     hypervisor_version: Tuple[int, int, int]
+    # libvirt's domain capabilities say the backup API works here.
+    backup: bool = False
+    # The uid and gid QEMU runs as, for files QEMU must create.
+    qemu_owner: Optional[Tuple[int, int]] = None
 
 
 class Host:
@@ -88,14 +93,34 @@ class Host:
             raise exception.InstanceNotFound(instance_uuid=name_or_uuid,
                                              uri=self.uri)
 
-    def capabilities(self) -> Capabilities:
+    def capabilities(self, virt_type: str = 'qemu') -> Capabilities:
+        """Versions, plus the domain capabilities of ``virt_type`` guests."""
         conn = self._connection()
         try:
+            domcaps = ElementTree.fromstring(
+                conn.getDomainCapabilities(None, None, None, virt_type, 0))
+            caps = ElementTree.fromstring(conn.getCapabilities())
             return Capabilities(
                 hypervisor=conn.getType(),
                 libvirt_version=_version_tuple(conn.getLibVersion()),
-                hypervisor_version=_version_tuple(conn.getVersion()))
+                hypervisor_version=_version_tuple(conn.getVersion()),
+                backup=domcaps.find(
+                    "./features/backup[@supported='yes']") is not None,
+                qemu_owner=_dac_owner(caps, virt_type))
         except libvirt.libvirtError as e:
             raise exception.HypervisorError(
                 action='read the host capabilities', instance_uuid='-',
                 reason=e.get_error_message())
+
+
+def _dac_owner(caps: ElementTree.Element,
+               virt_type: str) -> Optional[Tuple[int, int]]:
+    """uid and gid from the DAC security model's ``+uid:+gid`` label."""
+    for model in caps.findall('./host/secmodel'):
+        if model.findtext('model') != 'dac':
+            continue
+        for label in model.findall('baselabel'):
+            if label.get('type') == virt_type and label.text:
+                uid, gid = label.text.replace('+', '').split(':')
+                return int(uid), int(gid)
+    return None

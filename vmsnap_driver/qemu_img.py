@@ -104,11 +104,28 @@ def convert(source: str, source_format: str, dest: str, dest_format: str,
     never has one.
     """
     _check_format(source_format)
+    _convert(['-f', source_format, source], dest, dest_format, compress)
+
+
+def convert_nbd(socket_path: str, export: str, dest: str, dest_format: str,
+                compress: bool = False) -> None:
+    """Copy an NBD export (raw disk content) into a flat image file.
+
+    The source is named with ``--image-opts``: the NBD driver is explicit,
+    so nothing is probed.
+    """
+    opts = 'driver=nbd,server.type=unix,server.path=%s,export=%s' % (
+        socket_path.replace(',', ',,'), export.replace(',', ',,'))
+    _convert(['--image-opts', opts], dest, dest_format, compress)
+
+
+def _convert(source_args: List[str], dest: str, dest_format: str,
+             compress: bool) -> None:
     _check_format(dest_format)
-    cmd = ['qemu-img', 'convert', '-f', source_format, '-O', dest_format]
+    cmd = ['qemu-img', 'convert'] + source_args[:-1] + ['-O', dest_format]
     if compress and dest_format == 'qcow2':
         cmd.append('-c')
-    cmd += [source, dest]
+    cmd += [source_args[-1], dest]
     LOG.debug('Flattening %(src)s into %(dest)s',
-              {'src': source, 'dest': dest})
+              {'src': source_args[-1], 'dest': dest})
     _execute(*cmd)

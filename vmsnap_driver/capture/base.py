@@ -11,7 +11,7 @@ adding a module here.
 import abc
 import dataclasses
 import datetime
-from typing import ContextManager, List
+from typing import ContextManager, List, Optional
 
 from oslo_config import cfg
 
@@ -21,12 +21,19 @@ from vmsnap_driver import qemu_img
 
 @dataclasses.dataclass(frozen=True)
 class DiskView:
-    """A point-in-time view of a disk that stays put until released."""
+    """A point-in-time view of a disk that stays put until released.
 
-    path: str
-    format: str
+    Either a file (``path`` in ``format``, perhaps with a backing chain)
+    or an NBD export of the disk's raw content (``nbd_socket``,
+    ``nbd_export``).
+    """
+
     started_at: datetime.datetime
     captured_at: datetime.datetime
+    path: Optional[str] = None
+    format: Optional[str] = None
+    nbd_socket: Optional[str] = None
+    nbd_export: Optional[str] = None
 
 
 def utcnow() -> datetime.datetime:
@@ -37,10 +44,16 @@ class Capture(abc.ABC):
     """One way of capturing a guest's disk."""
 
     mode: str
+    method: str
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts) -> 'Capture':
+    def from_conf(cls, conf: cfg.ConfigOpts,
+                  caps: Optional[object] = None) -> 'Capture':
         return cls()
+
+    def exports_nbd(self, state: str) -> bool:
+        """Whether a guest in ``state`` is captured as an NBD export."""
+        return False
 
     @abc.abstractmethod
     def scratch_bytes(self, chain: List[qemu_img.ImageInfo]) -> int:

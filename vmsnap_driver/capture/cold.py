@@ -1,16 +1,23 @@
-"""Cold capture: stop the guest with its memory saved, read its disk.
+"""Cold capture: stop the guest with its memory saved, then read its disk.
 
 ``managedsave`` writes the guest's memory to libvirt's save file and stops
 QEMU, so the disk is still and consistent with the saved memory.  Starting
-the domain afterwards resumes it from that memory (no reboot), paused if it
-was paused.  A shut-off guest is read as it is and never started.
+the domain again resumes it from that memory (no reboot), paused if it was
+paused.  A shut-off guest is read as it is and never started.
+
+With the backup API, the guest does not stay down while its disk is read:
+it is restored paused, its disk is pinned by a point-in-time export before
+it runs a single instruction, and it resumes at once.  Its downtime is then
+the save and the restore, whatever the size of the disk.
 """
 
 import contextlib
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Tuple
 
+from oslo_config import cfg
 from oslo_log import log as logging
 
+from vmsnap_driver.capture import backup
 from vmsnap_driver.capture import base
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
@@ -22,8 +29,24 @@ LOG = logging.getLogger(__name__)
 class ManagedSaveCapture(base.Capture):
     mode = 'cold'
 
+    def __init__(self, use_backup: bool = False,
+                 qemu_owner: Optional[Tuple[int, int]] = None) -> None:
+        self.use_backup = use_backup
+        self.qemu_owner = qemu_owner
+        self.method = 'managedsave+backup' if use_backup else 'managedsave'
+
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts,
+                  caps: Optional[object] = None) -> 'ManagedSaveCapture':
+        return cls(use_backup=bool(conf.libvirt.use_backup_api
+                                   and getattr(caps, 'backup', False)),
+                   qemu_owner=getattr(caps, 'qemu_owner', None))
+
+    def exports_nbd(self, state: str) -> bool:
+        return self.use_backup and state in guest_mod.ACTIVE_STATES
+
     def scratch_bytes(self, chain: List[qemu_img.ImageInfo]) -> int:
-        return 0
+        return chain[0].actual_size if self.use_backup else 0
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
@@ -41,21 +64,49 @@ class ManagedSaveCapture(base.Capture):
                  {'name': guest.name,
                   'secs': (captured - started).total_seconds()},
                  instance_uuid=guest.uuid)
+        if not self.use_backup:
+            try:
+                yield base.DiskView(path=disk.path, format=disk.format,
+                                    started_at=started, captured_at=captured)
+            finally:
+                _restore(guest, state, guest.launch)
+            return
+
+        _restore(guest, state, guest.launch_paused)
+        resumed = state != guest_mod.RUNNING
         try:
-            yield base.DiskView(path=disk.path, format=disk.format,
-                                started_at=started, captured_at=captured)
+            with backup.nbd_export(guest, disk, workdir,
+                                   self.qemu_owner) as (sock, name):
+                if not resumed:
+                    _resume(guest, state)
+                    resumed = True
+                yield base.DiskView(started_at=started, captured_at=captured,
+                                    nbd_socket=sock, nbd_export=name)
         finally:
-            _restore(guest, state)
+            if not resumed:
+                _resume(guest, state)
 
 
-def _restore(guest: guest_mod.Guest, state: str) -> None:
+def _restore(guest: guest_mod.Guest, state: str, launch) -> None:
     try:
-        guest.launch()
+        launch()
     except exception.HypervisorError as e:
         LOG.error('Guest %(name)s could not be restored from its saved '
                   'state: %(error)s', {'name': guest.name, 'error': e},
                   instance_uuid=guest.uuid)
         raise exception.GuestNotRestored(
             instance_uuid=guest.uuid, state=state, reason=e.message)
-    LOG.info('Guest %(name)s resumed from its saved state (%(state)s)',
-             {'name': guest.name, 'state': state}, instance_uuid=guest.uuid)
+    LOG.info('Guest %(name)s restored from its saved state',
+             {'name': guest.name}, instance_uuid=guest.uuid)
+
+
+def _resume(guest: guest_mod.Guest, state: str) -> None:
+    try:
+        guest.resume()
+    except exception.HypervisorError as e:
+        raise exception.GuestNotRestored(
+            instance_uuid=guest.uuid, state=state,
+            reason='%s; resume it with "virsh resume %s"'
+                   % (e.message, guest.uuid))
+    LOG.info('Guest %(name)s running again', {'name': guest.name},
+             instance_uuid=guest.uuid)

@@ -11,7 +11,7 @@ never paused.
 import contextlib
 import os
 import time
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -32,13 +32,15 @@ MAX_POLL = 0.5
 
 class BlockCopyCapture(base.Capture):
     mode = 'live'
+    method = 'block_copy'
 
     def __init__(self, timeout: float, bandwidth_mib: int = 0) -> None:
         self.timeout = timeout
         self.bandwidth = bandwidth_mib * MIB
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts) -> 'BlockCopyCapture':
+    def from_conf(cls, conf: cfg.ConfigOpts,
+                  caps: Optional[object] = None) -> 'BlockCopyCapture':
         return cls(timeout=conf.libvirt.block_job_timeout,
                    bandwidth_mib=conf.libvirt.block_copy_bandwidth)
 
@@ -68,8 +70,8 @@ class BlockCopyCapture(base.Capture):
                  {'disk': disk.target, 'name': guest.name,
                   'secs': (captured - started).total_seconds()},
                  instance_uuid=guest.uuid)
-        yield base.DiskView(path=copy, format='qcow2', started_at=started,
-                            captured_at=captured)
+        yield base.DiskView(started_at=started, captured_at=captured,
+                            path=copy, format='qcow2')
 
     def _wait_in_sync(self, guest: guest_mod.Guest,
                       disk: guest_mod.Disk) -> None:

@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 
+import libvirt
+
 from vmsnap_driver.tests.functional import testguest
 
 # What e2fsck fixes on any ext4 that was mounted when copied: the summary
@@ -104,6 +106,7 @@ def assert_guest_untouched(guest, xml_before, state):
     assert guest.inactive_xml() == xml_before
     if guest.dom.isActive():
         assert guest.dom.blockJobInfo('vda', 0) == {}
+        assert guest.dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
     assert not guest.dom.hasManagedSaveImage(0)
     assert guest.boots() == 1
 

@@ -133,6 +133,7 @@ def test_no_space_fails_before_touching_guest(conf, load_driver, untouched,
 def test_block_job_timeout_cancels_copy(conf, load_driver, untouched,
                                         queued_image, glance):
     conf.set_override('snapshot_mode', 'live', group='libvirt')
+    conf.set_override('use_backup_api', False, group='libvirt')
     conf.set_override('block_copy_bandwidth', 1, group='libvirt')
     conf.set_override('block_job_timeout', 1, group='libvirt')
     image_id = queued_image()
@@ -143,15 +144,22 @@ def test_block_job_timeout_cancels_copy(conf, load_driver, untouched,
     checks.assert_no_leftovers(conf)
 
 
-@pytest.mark.parametrize('mode', ['live', 'cold'])
-def test_qemu_img_failure_restores_guest(mode, conf, load_driver, untouched,
+@pytest.mark.parametrize('mode, use_backup, compress', [
+    ('live', False, False),   # block copy, then qemu-img convert
+    ('cold', False, False),   # convert while the guest is saved
+    ('live', True, True),     # backup export, compressed by qemu-img
+])
+def test_qemu_img_failure_restores_guest(mode, use_backup, compress, conf,
+                                         load_driver, untouched,
                                          queued_image, glance):
     conf.set_override('snapshot_mode', mode, group='libvirt')
+    conf.set_override('use_backup_api', use_backup, group='libvirt')
+    conf.set_override('snapshot_compression', compress, group='libvirt')
     image_id = queued_image()
     with file_size_limit(1024 * 1024):
         with pytest.raises(exception.QemuImgFailed) as err:
             load_driver().snapshot(None, checks.Instance(untouched), image_id)
-    assert 'qemu-img convert -f ' in str(err.value)
+    assert 'qemu-img convert ' in str(err.value)
     assert 'File too large' in str(err.value)
     assert_queued(glance, image_id)
     checks.assert_no_leftovers(conf)

@@ -12,13 +12,22 @@ import threading
 import time
 
 import libvirt
+import pytest
 
 from vmsnap_driver.tests.functional import checks
 
 
-def test_live_snapshot_of_running_guest(conf, load_driver, make_guest,
+# Each live and cold path, with and without libvirt's backup API.
+LIVE_METHODS = [(True, 'backup'), (False, 'block_copy')]
+COLD_METHODS = [(True, 'managedsave+backup'), (False, 'managedsave')]
+
+
+@pytest.mark.parametrize('use_backup, method', LIVE_METHODS)
+def test_live_snapshot_of_running_guest(use_backup, method, conf,
+                                        load_driver, make_guest,
                                         queued_image, glance, workroot):
     conf.set_override('snapshot_mode', 'live', group='libvirt')
+    conf.set_override('use_backup_api', use_backup, group='libvirt')
     guest = make_guest()
     guest.start()
     xml = guest.inactive_xml()
@@ -31,6 +40,7 @@ def test_live_snapshot_of_running_guest(conf, load_driver, make_guest,
     image, counter = checks.assert_image_holds(
         glance, image_id, guest, workroot, window)
     assert image['vmsnap_mode'] == 'live'
+    assert image['vmsnap_capture_method'] == method
     assert image['base_image_ref'] == 'base-image-id'
     assert image['os_distro'] == 'debian'
     # The guest ran on: its counter moved past what the image holds.
@@ -39,9 +49,12 @@ def test_live_snapshot_of_running_guest(conf, load_driver, make_guest,
     checks.assert_no_leftovers(conf)
 
 
+@pytest.mark.parametrize('use_backup, method', LIVE_METHODS)
 def test_live_snapshot_of_paused_guest_stays_paused(
-        conf, load_driver, make_guest, queued_image, glance, workroot):
+        use_backup, method, conf, load_driver, make_guest, queued_image,
+        glance, workroot):
     conf.set_override('snapshot_mode', 'live', group='libvirt')
+    conf.set_override('use_backup_api', use_backup, group='libvirt')
     guest = make_guest()
     guest.start()
     guest.dom.suspend()
@@ -53,6 +66,7 @@ def test_live_snapshot_of_paused_guest_stays_paused(
     image, counter = checks.assert_image_holds(
         glance, image_id, guest, workroot, window)
     assert image['vmsnap_mode'] == 'live'
+    assert image['vmsnap_capture_method'] == method
     checks.assert_guest_untouched(guest, xml, libvirt.VIR_DOMAIN_PAUSED)
     guest.dom.resume()
     guest.wait_counter_above(counter + 1)
@@ -78,9 +92,12 @@ def test_live_snapshot_of_raw_disk_compressed(conf, load_driver, make_guest,
     checks.assert_no_leftovers(conf)
 
 
+@pytest.mark.parametrize('use_backup, method', COLD_METHODS)
 def test_cold_snapshot_resumes_guest_without_reboot(
-        conf, load_driver, make_guest, queued_image, glance, workroot):
+        use_backup, method, conf, load_driver, make_guest, queued_image,
+        glance, workroot):
     conf.set_override('snapshot_mode', 'cold', group='libvirt')
+    conf.set_override('use_backup_api', use_backup, group='libvirt')
     conf.set_override('snapshot_image_format', 'raw', group='libvirt')
     guest = make_guest()
     guest.start()
@@ -92,6 +109,7 @@ def test_cold_snapshot_resumes_guest_without_reboot(
     image, counter = checks.assert_image_holds(
         glance, image_id, guest, workroot, window, image_format='raw')
     assert image['vmsnap_mode'] == 'cold'
+    assert image['vmsnap_capture_method'] == method
     # Resumed from saved memory: counting goes on past the image's value
     # and the guest never printed a second boot line.
     guest.wait_counter_above(counter + 1)

@@ -98,9 +98,49 @@ def test_cold_restore_failure_says_how_to_recover():
     assert 'virsh start u-1' in str(err.value)
 
 
-def test_factory_builds_strategies_from_config():
+def test_factory_prefers_backup_api_when_host_has_it():
     conf = mock.Mock()
     conf.libvirt.block_job_timeout = 7
     conf.libvirt.block_copy_bandwidth = 0
-    assert capture.get('live', conf).timeout == 7
-    assert capture.get('cold', conf).mode == 'cold'
+    conf.libvirt.use_backup_api = True
+    caps = mock.Mock(backup=True, qemu_owner=(1, 2))
+    assert capture.get('live', conf, caps).method == 'backup'
+    assert capture.get('cold', conf, caps).method == 'managedsave+backup'
+    caps.backup = False
+    assert capture.get('live', conf, caps).timeout == 7
+    assert capture.get('cold', conf, caps).method == 'managedsave'
+    caps.backup = True
+    conf.libvirt.use_backup_api = False
+    assert capture.get('live', conf, caps).method == 'block_copy'
+
+
+def test_cold_with_backup_resumes_before_the_disk_is_read(tmp_path):
+    guest = fake_guest()
+    strategy = cold.ManagedSaveCapture(use_backup=True)
+    with strategy.capture(guest, DISK, CHAIN, str(tmp_path)) as view:
+        assert view.nbd_export == 'vda'
+        guest.launch_paused.assert_called_once_with()
+        guest.resume.assert_called_once_with()
+        guest.abort_job.assert_not_called()
+    guest.abort_job.assert_called_once_with()
+    guest.launch.assert_not_called()
+
+
+def test_cold_with_backup_resumes_guest_when_export_fails(tmp_path):
+    guest = fake_guest()
+    guest.backup_begin.side_effect = exception.HypervisorError(
+        action='backup', instance_uuid='u-1', reason='no')
+    with pytest.raises(exception.HypervisorError):
+        with cold.ManagedSaveCapture(use_backup=True).capture(
+                guest, DISK, CHAIN, str(tmp_path)):
+            pass
+    guest.resume.assert_called_once_with()
+
+
+def test_cold_with_backup_keeps_paused_guest_paused(tmp_path):
+    guest = fake_guest(state=guest_mod.PAUSED)
+    with cold.ManagedSaveCapture(use_backup=True).capture(
+            guest, DISK, CHAIN, str(tmp_path)):
+        pass
+    guest.managed_save.assert_called_once_with(paused=True)
+    guest.resume.assert_not_called()

@@ -36,6 +36,7 @@ def steps(tmp_path):
 
     class Strategy(base.Capture):
         mode = 'live'
+        method = 'scripted'
 
         def scratch_bytes(self, chain):
             return 0
@@ -43,12 +44,12 @@ def steps(tmp_path):
         @contextlib.contextmanager
         def capture(self, guest, disk, chain, workdir):
             log.append('capture')
-            yield base.DiskView('/copy', 'qcow2', NOW, NOW)
+            yield base.DiskView(NOW, NOW, path='/copy', format='qcow2')
             log.append('release')
 
     images = mock.Mock()
     images.check_queued.side_effect = lambda i: log.append('check image')
-    images.upload.side_effect = lambda *a: log.append('upload')
+    images.upload_file.side_effect = lambda *a: log.append('upload')
     with mock.patch.object(host_mod.Host, 'get_guest', return_value=guest), \
             mock.patch.object(host_mod.Host, 'capabilities', return_value=(
                 host_mod.Capabilities('QEMU', (9, 0, 0), (7, 2, 0)))), \
@@ -76,7 +77,7 @@ def test_steps_run_in_order_with_task_states(steps):
     assert steps.log == ['check image', 'image_pending_upload', 'capture',
                          'flatten', 'release', 'image_uploading', 'upload']
     assert tasks[1] == ('image_uploading', 'image_pending_upload')
-    image_id, path, fmt, props = steps.images.upload.call_args[0]
+    image_id, path, fmt, props = steps.images.upload_file.call_args[0]
     assert (image_id, fmt) == ('img', 'qcow2')
     assert props['vmsnap_mode'] == 'live'
 
