@@ -40,9 +40,13 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in %(modules)s; do insmod /lib/modules/$m.ko; done
 while [ ! -b /dev/vda ]; do sleep 0.1; done
-mkdir -p /mnt
-mount -t ext4 /dev/vda /mnt || { echo VMSNAP-MOUNT-FAILED; poweroff -f; }
 echo "VMSNAP-BOOT $(cat /proc/sys/kernel/random/boot_id)"
+%(workload)s
+"""
+
+# Mount the disk, write a known file, then rewrite and fsync a counter.
+WRITER = r"""mkdir -p /mnt
+mount -t ext4 /dev/vda /mnt || { echo VMSNAP-MOUNT-FAILED; poweroff -f; }
 cp /boot.bin /mnt/boot.bin
 sync /mnt/boot.bin
 sync
@@ -54,8 +58,17 @@ while true; do
     sync /mnt/counter
     echo "VMSNAP-COUNTER $n"
     sleep 0.5
-done
-"""
+done"""
+
+# Leave the disk alone (its content is whatever the host put there), but
+# keep counting on the console to show the guest runs.
+IDLE = r"""echo VMSNAP-READY
+n=0
+while true; do
+    n=$((n + 1))
+    echo "VMSNAP-COUNTER $n"
+    sleep 0.5
+done"""
 
 DOMAIN_XML = """<domain type='qemu'>
   <name>%(name)s</name>
@@ -151,7 +164,8 @@ def guest_kit() -> dict:
             'busybox': os.path.join(kit, 'busybox')}
 
 
-def build_initramfs(kit: dict, dest: str, boot_data: bytes) -> None:
+def build_initramfs(kit: dict, dest: str, boot_data: bytes,
+                    workload: str = WRITER) -> None:
     """Pack init, busybox, the modules and the boot payload with busybox."""
     root = tempfile.mkdtemp()
     try:
@@ -162,7 +176,8 @@ def build_initramfs(kit: dict, dest: str, boot_data: bytes) -> None:
             shutil.copy(os.path.join(kit['dir'], mod + '.ko'),
                         os.path.join(root, 'lib/modules'))
         with open(os.path.join(root, 'init'), 'w') as f:
-            f.write(INIT % {'modules': ' '.join(MODULES)})
+            f.write(INIT % {'modules': ' '.join(MODULES),
+                            'workload': workload})
         os.chmod(os.path.join(root, 'init'), 0o755)
         with open(os.path.join(root, 'boot.bin'), 'wb') as f:
             f.write(boot_data)
@@ -210,7 +225,13 @@ class TestGuest:
 
     def __init__(self, conn: libvirt.virConnect, workdir: str,
                  disk_format: str = 'qcow2', backing: bool = True,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None,
+                 disk: Optional[dict] = None) -> None:
+        """A guest that writes to an ext4 disk of its own.
+
+        :param disk: use this prebuilt disk (``path``, ``format``) instead;
+            the guest then leaves it untouched.
+        """
         self.conn = conn
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -222,9 +243,10 @@ class TestGuest:
         self.base_data = os.urandom(BASE_FILE_SIZE)
         kit = guest_kit()
         self.initrd = os.path.join(workdir, 'initrd.img')
-        build_initramfs(kit, self.initrd, self.boot_data)
-        self.disk = make_disk(workdir, self.base_data, disk_format,
-                              backing=backing)
+        build_initramfs(kit, self.initrd, self.boot_data,
+                        WRITER if disk is None else IDLE)
+        self.disk = disk or make_disk(workdir, self.base_data, disk_format,
+                                      backing=backing)
         self.console = os.path.join(workdir, 'console.log')
         xml = DOMAIN_XML % {
             'name': saxutils.escape(self.name), 'uuid': self.uuid,

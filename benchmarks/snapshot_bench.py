@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""vmsnap against Nova's snapshot method, side by side, on this host.
+
+For each data size, a real TCG guest is booted on a disk holding that much
+random data, half in a qcow2 backing file and half in its overlay.  Each
+round then runs every method once, in rotating order, each in a child
+process of its own, into the same local Glance:
+
+  nova-live    Nova's libvirt driver, re-implemented from its documented
+               behaviour: save the XML, undefine, blockRebase (copy,
+               shallow, reuse-external) into a delta sharing the backing
+               file, poll every 0.5 s, abort, define again, qemu-img
+               convert the delta to qcow2, upload the file in 1 MiB chunks.
+  nova-cold    managedsave, qemu-img convert, start, upload.
+  vmsnap-*     vmsnap's driver, through its public API, in live, cold and
+               auto mode.
+
+Per method and size it reports the median and spread of: wall time until
+the image is active, time the guest was not running (libvirt's domain
+state, polled every 2 ms), bytes written to and read from the host's disk
+(the block device's counters, page cache dropped before and synced after
+each run), bytes uploaded, and the peak RSS of the process doing the
+snapshot.  It also measures the floor: reading the allocated data once plus
+uploading an image of that size once.  Every image is compared with the
+guest's disk (qemu-img compare) before it counts.
+
+Run as root on a host prepared by tools/setup-host, from an environment
+where vmsnap is installed (tox -e bench -- --sizes 256M,1G,4G).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+
+MIB = 1024 * 1024
+GLANCE_STORE = os.environ.get('VMSNAP_GLANCE_DIR',
+                              '/var/lib/vmsnap-glance') + '/images'
+METHODS = ['nova-live', 'vmsnap-live', 'nova-cold', 'vmsnap-cold',
+           'vmsnap-auto']
+
+
+def parse_size(text: str) -> int:
+    units = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}
+    text = text.strip().upper().rstrip('B').rstrip('I')
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def human(n: float) -> str:
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if abs(n) < 1024 or unit == 'GiB':
+            return '%.1f %s' % (n, unit) if unit != 'B' else '%d B' % n
+        n /= 1024.0
+
+
+# -- the guest's disk ------------------------------------------------------
+def build_disk(workdir: str, data: int) -> dict:
+    """A qcow2 overlay over a qcow2 backing file, random data in both."""
+    virtual = (data * 3 // 2 + MIB - 1) // MIB * MIB
+    half = data // 2
+    piece = 64 * MIB
+    patterns = []
+    for n in range(4):
+        path = os.path.join(workdir, 'random%d.bin' % n)
+        with open(path, 'wb') as f:
+            f.write(os.urandom(piece))
+        patterns.append(path)
+
+    def fill(image, start, length, backing=None):
+        cmd = ['qemu-img', 'create', '-q', '-f', 'qcow2']
+        if backing:
+            cmd += ['-b', backing, '-F', 'qcow2']
+        subprocess.run(cmd + [image, str(virtual)], check=True)
+        writes = []
+        offset, n = start, 0
+        while offset < start + length:
+            size = min(piece, start + length - offset)
+            writes += ['-c', 'write -q -s %s %d %d'
+                       % (patterns[n % 4], offset, size)]
+            offset += size
+            n += 1
+        for i in range(0, len(writes), 64):
+            subprocess.run(['qemu-io', '-f', 'qcow2'] + writes[i:i + 64]
+                           + [image], check=True, capture_output=True)
+
+    base = os.path.join(workdir, 'base.qcow2')
+    disk = os.path.join(workdir, 'disk.qcow2')
+    fill(base, 0, half)
+    fill(disk, virtual // 2, data - half, backing=base)
+    for path in patterns:
+        os.unlink(path)
+    return {'path': disk, 'format': 'qcow2', 'backing': base,
+            'virtual': virtual}
+
+
+# -- measurements ----------------------------------------------------------
+def block_device_of(path: str) -> str:
+    dev = os.stat(path).st_dev
+    sysfs = '/sys/dev/block/%d:%d' % (os.major(dev), os.minor(dev))
+    if os.path.exists(os.path.join(sysfs, 'partition')):
+        sysfs = os.path.join(sysfs, '..')
+    return os.path.realpath(sysfs)
+
+
+def disk_counters(sysfs: str) -> tuple:
+    fields = open(os.path.join(sysfs, 'stat')).read().split()
+    return int(fields[2]) * 512, int(fields[6]) * 512
+
+
+def drop_caches() -> None:
+    subprocess.run(['sync'], check=True)
+    with open('/proc/sys/vm/drop_caches', 'w') as f:
+        f.write('3\n')
+
+
+class DowntimeMonitor:
+    """Sum of the time libvirt reports the domain as not running."""
+
+    def __init__(self, uuid: str) -> None:
+        import libvirt
+        self._libvirt = libvirt
+        self._conn = libvirt.open('qemu:///system')
+        self._uuid = uuid
+        self._stop = threading.Event()
+        self.down = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _running(self) -> bool:
+        try:
+            dom = self._conn.lookupByUUIDString(self._uuid)
+            return dom.state()[0] == self._libvirt.VIR_DOMAIN_RUNNING
+        except self._libvirt.libvirtError:
+            return False
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            running = self._running()
+            now = time.monotonic()
+            if not running:
+                self.down += now - last
+            last = now
+            time.sleep(0.002)
+
+    def __enter__(self) -> 'DowntimeMonitor':
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
+# -- the children: one snapshot each ---------------------------------------
+def child_main(args: argparse.Namespace) -> None:
+    if args.method.startswith('vmsnap-'):
+        run_vmsnap(args)
+    else:
+        run_nova(args)
+    status = open('/proc/self/status').read()
+    hwm = [line for line in status.splitlines()
+           if line.startswith('VmHWM')][0]
+    print(json.dumps({'peak_rss_kib': int(hwm.split()[1])}))
+
+
+def run_vmsnap(args: argparse.Namespace) -> None:
+    from vmsnap_driver import config
+    from vmsnap_driver import driver
+    conf = config.CONF
+    conf([], project='vmsnap')
+    conf.set_override('state_path', args.state)
+    conf.set_override('snapshot_mode', args.method.split('-', 1)[1],
+                      group='libvirt')
+    conf.set_override('auth_type', 'none', group='glance')
+    conf.set_override('endpoint_override', args.glance, group='glance')
+
+    class Instance:
+        uuid = args.uuid
+        name = 'bench'
+    driver.LibvirtDriver(conf=conf).snapshot(None, Instance(), args.image)
+
+
+def run_nova(args: argparse.Namespace) -> None:
+    import glanceclient
+    import libvirt
+    conn = libvirt.open('qemu:///system')
+    dom = conn.lookupByUUIDString(args.uuid)
+    glance = glanceclient.Client('2', endpoint=args.glance)
+    out = os.path.join(args.state, 'snapshot.qcow2')
+    os.makedirs(args.state, exist_ok=True)
+    os.chmod(args.state, 0o755)
+    if args.method == 'nova-live':
+        delta = os.path.join(args.state, 'delta.qcow2')
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE |
+                          libvirt.VIR_DOMAIN_XML_SECURE)
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
+                        args.backing, '-F', 'qcow2', delta,
+                        str(args.virtual)], check=True)
+        dom.undefine()
+        try:
+            dom.blockRebase('vda', delta, 0,
+                            libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY |
+                            libvirt.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT |
+                            libvirt.VIR_DOMAIN_BLOCK_REBASE_SHALLOW)
+            while True:
+                info = dom.blockJobInfo('vda', 0)
+                if info and info['cur'] == info['end']:
+                    break
+                time.sleep(0.5)
+            dom.blockJobAbort('vda', 0)
+        finally:
+            conn.defineXML(xml)
+        subprocess.run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2',
+                        delta, out], check=True)
+        os.unlink(delta)
+    else:
+        dom.managedSave(0)
+        try:
+            subprocess.run(['qemu-img', 'convert', '-f', 'qcow2', '-O',
+                            'qcow2', args.disk, out], check=True)
+        finally:
+            dom.create()
+    glance.images.update(args.image, disk_format='qcow2',
+                         container_format='bare')
+
+    class MiBChunks:
+        """glanceclient asks for 64 KiB at a time; hand it 1 MiB."""
+
+        def __init__(self, f):
+            self._f = f
+
+        def read(self, _size=-1):
+            return self._f.read(MIB)
+    with open(out, 'rb') as f:
+        glance.images.upload(args.image, MiBChunks(f),
+                             image_size=os.path.getsize(out))
+    os.unlink(out)
+
+
+# -- the parent ------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import glanceclient
+        import libvirt
+        self.args = args
+        self.conn = libvirt.open('qemu:///system')
+        self.glance = glanceclient.Client('2', endpoint=args.glance)
+        self.root = tempfile.mkdtemp(prefix='vmsnap-bench-', dir='/var/tmp')
+        os.chmod(self.root, 0o755)
+        self.device = block_device_of(self.root)
+        self.results = []
+        self.floors = []
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def guest(self, data: int):
+        from vmsnap_driver.tests.functional import testguest
+        workdir = os.path.join(self.root, 'guest-%d' % data)
+        os.makedirs(workdir)
+        os.chmod(workdir, 0o755)
+        started = time.monotonic()
+        disk = build_disk(workdir, data)
+        guest = testguest.TestGuest(self.conn, workdir, disk=disk,
+                                    name='vmsnap-bench-%s' % uuidlib.uuid4(
+                                    ).hex[:6])
+        guest.start()
+        log('guest with %s of data ready in %.0f s'
+            % (human(data), time.monotonic() - started))
+        try:
+            yield guest
+        finally:
+            guest.destroy()
+
+    def run(self, method: str, guest, data: int, rnd: int) -> dict:
+        image_id = self.glance.images.create(
+            name='bench %s %s' % (method, human(data)))['id']
+        state = os.path.join(self.root, 'state-' + method)
+        drop_caches()
+        read0, write0 = disk_counters(self.device)
+        cmd = [sys.executable, os.path.abspath(__file__), '--child', method,
+               '--uuid', guest.uuid, '--image', image_id, '--glance',
+               self.args.glance, '--state', state,
+               '--disk', guest.disk['path'], '--backing',
+               guest.disk['backing'], '--virtual', str(guest.disk['virtual'])]
+        with DowntimeMonitor(guest.uuid) as monitor:
+            started = time.monotonic()
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+            out, err = child.communicate()
+            wall = time.monotonic() - started
+        subprocess.run(['sync'], check=True)
+        read1, write1 = disk_counters(self.device)
+        if child.returncode:
+            raise RuntimeError('%s failed:\n%s' % (method, err[-3000:]))
+        image = self.glance.images.get(image_id)
+        assert image['status'] == 'active', image['status']
+        self.verify(image_id, image['disk_format'], guest)
+        self.glance.images.delete(image_id)
+        shutil.rmtree(state, ignore_errors=True)
+        result = {
+            'method': method, 'data_bytes': data, 'round': rnd,
+            'wall_s': wall, 'downtime_s': monitor.down,
+            'host_read_bytes': read1 - read0,
+            'host_write_bytes': write1 - write0,
+            'uploaded_bytes': image['size'],
+            'peak_rss_mib': json.loads(out.strip().splitlines()[-1])[
+                'peak_rss_kib'] / 1024.0,
+            'capture_method': image.get('vmsnap_capture_method', method),
+        }
+        log('%-12s %8s round %d: %6.1f s, down %6.3f s, wrote %s, read %s, '
+            'uploaded %s, rss %.0f MiB'
+            % (method, human(data), rnd, wall, monitor.down,
+               human(result['host_write_bytes']),
+               human(result['host_read_bytes']), human(image['size']),
+               result['peak_rss_mib']))
+        return result
+
+    def verify(self, image_id: str, fmt: str, guest) -> None:
+        """The stored image holds exactly the guest's disk."""
+        stored = os.path.join(GLANCE_STORE, image_id)
+        result = subprocess.run(
+            ['qemu-img', 'compare', '-U', '-f', fmt, '-F', 'qcow2', stored,
+             guest.disk['path']], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise AssertionError('image %s differs from the guest disk: %s'
+                                 % (image_id, result.stdout + result.stderr))
+
+    def floor(self, guest, data: int, image_size: int) -> dict:
+        """Read the allocated data once; upload an image that size once."""
+        from vmsnap_driver import qemu_img
+        drop_caches()
+        chain = qemu_img.info(guest.disk['path'], 'qcow2', force_share=True)
+        files = {layer.path: open(layer.path, 'rb') for layer in chain}
+        started = time.monotonic()
+        mapping = json.loads(subprocess.run(
+            ['qemu-img', 'map', '-U', '--output=json', '-f', 'qcow2',
+             guest.disk['path']], check=True, capture_output=True,
+            text=True).stdout)
+        read = 0
+        for extent in mapping:
+            if not extent.get('data') or 'offset' not in extent:
+                continue
+            f = files[chain[extent['depth']].path]
+            offset, end = extent['offset'], extent['offset'] + extent[
+                'length']
+            while offset < end:
+                n = len(os.pread(f.fileno(), min(8 * MIB, end - offset),
+                                 offset))
+                read += n
+                offset += n
+        read_s = time.monotonic() - started
+        for f in files.values():
+            f.close()
+        blob = os.path.join(self.root, 'upload.bin')
+        with open(blob, 'wb') as f:
+            for _ in range(image_size // (64 * MIB)):
+                f.write(os.urandom(64 * MIB))
+            f.write(os.urandom(image_size % (64 * MIB)))
+        image_id = self.glance.images.create(
+            name='bench floor', disk_format='raw',
+            container_format='bare')['id']
+        started = time.monotonic()
+        with open(blob, 'rb') as f:
+            self.glance.images.upload(image_id, f, image_size=image_size)
+        upload_s = time.monotonic() - started
+        self.glance.images.delete(image_id)
+        os.unlink(blob)
+        assert read >= data, (read, data)
+        floor = {'data_bytes': data, 'read_s': read_s,
+                 'upload_s': upload_s, 'floor_s': read_s + upload_s}
+        log('floor %8s: read %.1f s + upload %.1f s = %.1f s'
+            % (human(data), read_s, upload_s, read_s + upload_s))
+        return floor
+
+    def main(self) -> None:
+        for data in self.args.sizes:
+            with self.guest(data) as guest:
+                for rnd in range(self.args.rounds):
+                    # Rotate the order so no method always runs first.
+                    shift = rnd % len(self.args.methods)
+                    order = (self.args.methods[shift:] +
+                             self.args.methods[:shift])
+                    for method in order:
+                        self.results.append(self.run(method, guest, data,
+                                                     rnd))
+                live = [r for r in self.results
+                        if r['data_bytes'] == data and
+                        r['method'] == 'vmsnap-live']
+                size = live[-1]['uploaded_bytes'] if live else data
+                self.floors.append(self.floor(guest, data, size))
+
+
+def summarize(results: list, floors: list) -> dict:
+    keys = ('wall_s', 'downtime_s', 'host_write_bytes', 'host_read_bytes',
+            'uploaded_bytes', 'peak_rss_mib')
+    summary = {}
+    for r in results:
+        summary.setdefault((r['data_bytes'], r['method']), []).append(r)
+    rows = []
+    for (data, method), runs in sorted(summary.items()):
+        row = {'data_bytes': data, 'method': method, 'rounds': len(runs),
+               'capture_method': runs[-1]['capture_method']}
+        for key in keys:
+            values = [r[key] for r in runs]
+            row[key] = statistics.median(values)
+            row[key + '_spread'] = max(values) - min(values)
+        rows.append(row)
+    by = {(r['data_bytes'], r['method']): r for r in rows}
+    for row in rows:
+        mode = row['method'].split('-', 1)[1]
+        nova = by.get((row['data_bytes'], 'nova-' + (
+            'live' if mode == 'auto' else mode)))
+        if row['method'].startswith('vmsnap-') and nova:
+            row['ratio_wall_vs_nova'] = row['wall_s'] / nova['wall_s']
+            row['ratio_writes_vs_nova'] = (
+                row['host_write_bytes'] / max(nova['host_write_bytes'], 1))
+        floor = [f for f in floors if f['data_bytes'] == row['data_bytes']]
+        if floor:
+            row['ratio_wall_vs_floor'] = row['wall_s'] / floor[0]['floor_s']
+    return {'rows': rows, 'floors': floors, 'runs': results}
+
+
+def print_table(summary: dict) -> None:
+    header = ('%-8s %-12s %-19s %9s %9s %10s %10s %10s %8s %7s %7s %7s'
+              % ('data', 'method', 'capture', 'wall s', 'down s', 'written',
+                 'read', 'uploaded', 'rss MiB', 'x nova', 'w/nova',
+                 'x floor'))
+    print(header)
+    print('-' * len(header))
+    for row in summary['rows']:
+        print('%-8s %-12s %-19s %5.1f±%-3.1f %9.3f %10s %10s %10s %8.0f '
+              '%7s %7s %7s'
+              % (human(row['data_bytes']), row['method'],
+                 row['capture_method'], row['wall_s'],
+                 row['wall_s_spread'], row['downtime_s'],
+                 human(row['host_write_bytes']),
+                 human(row['host_read_bytes']),
+                 human(row['uploaded_bytes']), row['peak_rss_mib'],
+                 _ratio(row, 'ratio_wall_vs_nova'),
+                 _ratio(row, 'ratio_writes_vs_nova'),
+                 _ratio(row, 'ratio_wall_vs_floor')))
+    for floor in summary['floors']:
+        print('floor %s: read %.1f s + upload %.1f s = %.1f s'
+              % (human(floor['data_bytes']), floor['read_s'],
+                 floor['upload_s'], floor['floor_s']))
+
+
+def _ratio(row: dict, key: str) -> str:
+    return '%.2f' % row[key] if key in row else '-'
+
+
+def plot(summary: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+    fig, (wall_ax, down_ax) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    methods = sorted({r['method'] for r in summary['rows']})
+    for method in methods:
+        rows = [r for r in summary['rows'] if r['method'] == method]
+        x = [r['data_bytes'] / MIB for r in rows]
+        style = '--' if method.startswith('nova') else '-'
+        wall_ax.plot(x, [r['wall_s'] for r in rows], style, marker='o',
+                     label=method)
+        down_ax.plot(x, [r['downtime_s'] for r in rows], style, marker='o',
+                     label=method)
+    floors = summary['floors']
+    wall_ax.plot([f['data_bytes'] / MIB for f in floors],
+                 [f['floor_s'] for f in floors], ':', color='grey',
+                 label='floor (read once + upload once)')
+    for ax, title in ((wall_ax, 'time until the image is active'),
+                      (down_ax, 'time the guest was not running')):
+        ax.set_xscale('log', base=2)
+        ax.set_xlabel('data in the disk (MiB)')
+        ax.set_ylabel('seconds')
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    wall_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def log(message: str) -> None:
+    print('[%s] %s' % (time.strftime('%H:%M:%S'), message), file=sys.stderr,
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument('--sizes', default='256M,1G,4G',
+                        help='data sizes, comma separated (default: '
+                             '%(default)s)')
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--methods', default=','.join(METHODS))
+    parser.add_argument('--glance', default='http://127.0.0.1:9292')
+    parser.add_argument('--output', default='benchmarks/results.json')
+    parser.add_argument('--plot', default='benchmarks/results.png')
+    # Internal: one snapshot in a child process.
+    for name in ('--child', '--uuid', '--image', '--state', '--disk',
+                 '--backing'):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument('--virtual', type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.method = args.child
+        child_main(args)
+        return
+    args.sizes = [parse_size(s) for s in args.sizes.split(',')]
+    args.methods = args.methods.split(',')
+    bench = Bench(args)
+    try:
+        bench.main()
+    finally:
+        bench.close()
+    summary = summarize(bench.results, bench.floors)
+    summary['host'] = {'nproc': os.cpu_count(),
+                       'date': time.strftime('%Y-%m-%dT%H:%M:%SZ',
+                                             time.gmtime())}
+    with open(args.output, 'w') as f:
+        json.dump(summary, f, indent=2)
+    print_table(summary)
+    try:
+        plot(summary, args.plot)
+        print('plot: %s' % args.plot)
+    except ImportError:
+        print('matplotlib is not installed: no plot')
+    print('results: %s' % args.output)
+
+
+if __name__ == '__main__':
+    main()
