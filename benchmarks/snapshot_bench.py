@@ -478,7 +478,7 @@ def plot(summary: dict, path: str) -> None:
                      label=method)
     floors = summary['floors']
     wall_ax.plot([f['data_bytes'] / MIB for f in floors],
-                 [f['floor_s'] for f in floors], ':', color='grey',
+                 [f['floor_s'] for f in floors], ':', marker='x', color='grey',
                  label='floor (read once + upload once)')
     for ax, title in ((wall_ax, 'time until the image is active'),
                       (down_ax, 'time the guest was not running')):

@@ -92,82 +92,129 @@ def _cluster_runs(extents: List[nbd.Extent]) -> List[Tuple[int, int]]:
     return runs
 
 
-def qcow2(virtual_size: int, extents: List[nbd.Extent],
-          read: Reader) -> Encoded:
-    """A flat qcow2 holding the disk's data clusters, laid out in order."""
+@dataclasses.dataclass(frozen=True)
+class Qcow2Layout:
+    """Where everything goes in the streamed qcow2, in clusters."""
+
+    virtual_size: int
+    runs: List[Tuple[int, int]]
+    l1_size: int
+    l1_clusters: int
+    l2_indexes: List[int]
+    refcount_blocks: int
+    refcount_table_clusters: int
+
+    @property
+    def data_clusters(self) -> int:
+        return sum(count for _first, count in self.runs)
+
+    @property
+    def l1_at(self) -> int:
+        return 1
+
+    @property
+    def refcount_table_at(self) -> int:
+        return self.l1_at + self.l1_clusters
+
+    @property
+    def refcount_blocks_at(self) -> int:
+        return self.refcount_table_at + self.refcount_table_clusters
+
+    @property
+    def l2_at(self) -> int:
+        return self.refcount_blocks_at + self.refcount_blocks
+
+    @property
+    def data_at(self) -> int:
+        return self.l2_at + len(self.l2_indexes)
+
+    @property
+    def total_clusters(self) -> int:
+        return self.data_at + self.data_clusters
+
+
+def qcow2_layout(virtual_size: int,
+                 extents: List[nbd.Extent]) -> Qcow2Layout:
     runs = _cluster_runs(extents)
-    data_clusters = sum(count for _first, count in runs)
     guest_clusters = _ceil_div(virtual_size, CLUSTER)
     l1_size = _ceil_div(guest_clusters, L2_ENTRIES)
-    l1_clusters = _ceil_div(l1_size * 8, CLUSTER)
     l2_indexes = sorted({index for first, count in runs
                          for index in range(first // L2_ENTRIES,
                                             (first + count - 1)
                                             // L2_ENTRIES + 1)})
-
-    # Refcount blocks count every cluster, themselves included.
-    fixed = 1 + l1_clusters + len(l2_indexes) + data_clusters
+    l1_clusters = _ceil_div(l1_size * 8, CLUSTER)
+    # Refcount blocks count every cluster, themselves included: grow them
+    # until they cover the file they are part of.
+    fixed = (1 + l1_clusters + len(l2_indexes)
+             + sum(count for _first, count in runs))
     blocks = table = 0
     while True:
-        total = fixed + blocks + table
-        new_blocks = _ceil_div(total, REFCOUNTS_PER_BLOCK)
+        new_blocks = _ceil_div(fixed + blocks + table, REFCOUNTS_PER_BLOCK)
         new_table = _ceil_div(new_blocks * 8, CLUSTER)
         if (new_blocks, new_table) == (blocks, table):
             break
         blocks, table = new_blocks, new_table
+    return Qcow2Layout(virtual_size, runs, l1_size, l1_clusters, l2_indexes,
+                       blocks, table)
 
-    l1_at = 1
-    table_at = l1_at + l1_clusters
-    blocks_at = table_at + table
-    l2_at = blocks_at + blocks
-    data_at = l2_at + len(l2_indexes)
+
+def qcow2(virtual_size: int, extents: List[nbd.Extent],
+          read: Reader) -> Encoded:
+    """A flat qcow2 holding the disk's data clusters, laid out in order."""
+    layout = qcow2_layout(virtual_size, extents)
 
     def padded(payload: bytes, clusters: int) -> bytes:
         return payload + bytes(clusters * CLUSTER - len(payload))
 
     def chunks() -> Iterator[bytes]:
         yield padded(HEADER.pack(
-            QCOW2_MAGIC, 3, 0, 0, CLUSTER_BITS, virtual_size, 0, l1_size,
-            l1_at * CLUSTER, table_at * CLUSTER, table, 0, 0, 0, 0, 0,
-            REFCOUNT_ORDER, HEADER.size), 1)
-        l1 = [0] * l1_size
-        for n, index in enumerate(l2_indexes):
-            l1[index] = ((l2_at + n) * CLUSTER) | COPIED
-        yield padded(struct.pack('>%dQ' % l1_size, *l1), l1_clusters)
+            QCOW2_MAGIC, 3, 0, 0, CLUSTER_BITS, virtual_size, 0,
+            layout.l1_size, layout.l1_at * CLUSTER,
+            layout.refcount_table_at * CLUSTER,
+            layout.refcount_table_clusters, 0, 0, 0, 0, 0, REFCOUNT_ORDER,
+            HEADER.size), 1)
+        l1 = [0] * layout.l1_size
+        for n, index in enumerate(layout.l2_indexes):
+            l1[index] = ((layout.l2_at + n) * CLUSTER) | COPIED
+        yield padded(struct.pack('>%dQ' % layout.l1_size, *l1),
+                     layout.l1_clusters)
+        blocks = layout.refcount_blocks
         yield padded(struct.pack(
             '>%dQ' % blocks,
-            *[(blocks_at + n) * CLUSTER for n in range(blocks)]), table)
-        one = struct.pack('>H', 1)
-        yield padded(one * total, blocks)
-        yield from _l2_tables()
-        for first, count in runs:
+            *[(layout.refcount_blocks_at + n) * CLUSTER
+              for n in range(blocks)]), layout.refcount_table_clusters)
+        yield padded(struct.pack('>H', 1) * layout.total_clusters, blocks)
+        yield from _l2_tables(layout)
+        for first, count in layout.runs:
             offset = first * CLUSTER
             length = min(count * CLUSTER, virtual_size - offset)
             yield from _data(read, offset, length)
             yield bytes(count * CLUSTER - length)
 
-    def _l2_tables() -> Iterator[bytes]:
-        host = data_at
-        run_iter = iter(runs)
-        run = next(run_iter, None)
-        for index in l2_indexes:
-            table_start = index * L2_ENTRIES
-            entries = [0] * L2_ENTRIES
-            while run is not None and run[0] < table_start + L2_ENTRIES:
-                first, count = run
-                lo = max(first, table_start)
-                hi = min(first + count, table_start + L2_ENTRIES)
-                for guest in range(lo, hi):
-                    entries[guest - table_start] = (host * CLUSTER) | COPIED
-                    host += 1
-                if first + count > hi:
-                    run = (hi, first + count - hi)
-                    break
-                run = next(run_iter, None)
-            yield struct.pack('>%dQ' % L2_ENTRIES, *entries)
-
-    return Encoded((data_at + data_clusters) * CLUSTER, chunks(),
+    return Encoded(layout.total_clusters * CLUSTER, chunks(),
                    sum(e.length for e in extents if not e.zero))
+
+
+def _l2_tables(layout: Qcow2Layout) -> Iterator[bytes]:
+    """Map each data cluster, in guest order, to the next host cluster."""
+    host = layout.data_at
+    runs = iter(layout.runs)
+    run = next(runs, None)
+    for index in layout.l2_indexes:
+        table_start = index * L2_ENTRIES
+        table_end = table_start + L2_ENTRIES
+        entries = [0] * L2_ENTRIES
+        while run is not None and run[0] < table_end:
+            first, count = run
+            hi = min(first + count, table_end)
+            for guest in range(max(first, table_start), hi):
+                entries[guest - table_start] = (host * CLUSTER) | COPIED
+                host += 1
+            if first + count > hi:
+                run = (hi, first + count - hi)
+                break
+            run = next(runs, None)
+        yield struct.pack('>%dQ' % L2_ENTRIES, *entries)
 
 
 ENCODERS = {'qcow2': qcow2, 'raw': raw}

@@ -1,0 +1,114 @@
+"""The streamed qcow2, read back by a small qcow2 reader of the test's own."""
+
+import struct
+
+import pytest
+
+from vmsnap_driver import image_stream
+from vmsnap_driver import nbd
+
+C = image_stream.CLUSTER
+MIB = 1024 * 1024
+
+
+def pattern(offset, length):
+    """Bytes that say where they are: the reader's data is checkable."""
+    out = bytearray()
+    while len(out) < length:
+        out += struct.pack('>Q', (offset + len(out)) // 8 + 1)
+    return bytes(out[:length])
+
+
+def read_qcow2(image, virtual_size):
+    """{guest cluster: bytes} of a qcow2 without backing or compression."""
+    fields = image_stream.HEADER.unpack(image[:image_stream.HEADER.size])
+    assert fields[0] == image_stream.QCOW2_MAGIC and fields[1] == 3
+    assert fields[5] == virtual_size
+    l1_size, l1_at = fields[7], fields[8]
+    clusters = {}
+    for i in range(l1_size):
+        l2_at = struct.unpack_from('>Q', image, l1_at + 8 * i)[0]
+        l2_at &= ~image_stream.COPIED
+        if not l2_at:
+            continue
+        for j in range(C // 8):
+            host = struct.unpack_from('>Q', image, l2_at + 8 * j)[0]
+            host &= ~image_stream.COPIED
+            if host:
+                clusters[i * (C // 8) + j] = image[host:host + C]
+    return clusters
+
+
+def refcounts(image):
+    fields = image_stream.HEADER.unpack(image[:image_stream.HEADER.size])
+    table_at, table_clusters = fields[9], fields[10]
+    counts = []
+    for i in range(table_clusters * C // 8):
+        block = struct.unpack_from('>Q', image, table_at + 8 * i)[0]
+        if block:
+            counts += struct.unpack_from('>%dH' % (C // 2), image, block)
+    return counts
+
+
+@pytest.mark.parametrize('virtual, extents', [
+    # Data in several L2 tables (512 MiB each), an odd-sized tail.
+    (1100 * MIB + 123, [(0, 70000), (600 * MIB, 3 * C + 5),
+                        (1100 * MIB, 123)]),
+    # Nothing but zeros.
+    (10 * MIB, []),
+])
+def test_qcow2_stream_holds_exactly_the_data(virtual, extents):
+    data = [nbd.Extent(o, n, False) for o, n in extents]
+    encoded = image_stream.qcow2(virtual, data, pattern)
+    image = b''.join(encoded.chunks)
+    assert len(image) == encoded.size
+    # Every cluster touched by data is stored whole, zero-padded past the
+    # end of the disk; no other cluster is stored.
+    expected = {}
+    for offset, length in extents:
+        for cluster in range(offset // C, -(-(offset + length) // C)):
+            n = min(C, virtual - cluster * C)
+            expected[cluster] = pattern(cluster * C, n) + bytes(C - n)
+    assert read_qcow2(image, virtual) == expected
+    counts = refcounts(image)
+    clusters = len(image) // C
+    assert counts[:clusters] == [1] * clusters
+    assert not any(counts[clusters:])
+
+
+def test_refcounts_cover_themselves_past_one_block():
+    # 40000 data clusters: the file outgrows one refcount block (32768).
+    extents = [nbd.Extent(0, 40000 * C, False)]
+    layout = image_stream.qcow2_layout(40000 * C, extents)
+    assert layout.refcount_blocks == 2
+    assert layout.refcount_blocks * image_stream.REFCOUNTS_PER_BLOCK >= (
+        layout.total_clusters)
+    assert layout.refcount_table_clusters * C // 8 >= layout.refcount_blocks
+
+
+def test_raw_stream_reads_only_data():
+    asked = []
+
+    def read(offset, length):
+        asked.append((offset, length))
+        return pattern(offset, length)
+    extents = [nbd.Extent(0, MIB, True), nbd.Extent(MIB, 5000, False),
+               nbd.Extent(MIB + 5000, 3000, True)]
+    encoded = image_stream.raw(MIB + 8000, extents, read)
+    image = b''.join(encoded.chunks)
+    assert image == bytes(MIB) + pattern(MIB, 5000) + bytes(3000)
+    assert asked == [(MIB, 5000)]
+    assert encoded.data_bytes == 5000
+
+
+def test_prefetcher_passes_errors_and_skips_empty_chunks():
+    def chunks():
+        yield b'ab'
+        yield b''
+        yield b'cd'
+        raise IOError('disk gone')
+    body = image_stream.Prefetcher(chunks(), depth=1)
+    assert body.read(1) + body.read(5) + body.read(5) == b'abcd'
+    with pytest.raises(IOError):
+        body.read(5)
+    body.close()
