@@ -41,6 +41,8 @@ import threading
 import time
 import uuid as uuidlib
 
+import requests
+
 MIB = 1024 * 1024
 GLANCE_STORE = os.environ.get('VMSNAP_GLANCE_DIR',
                               '/var/lib/vmsnap-glance') + '/images'
@@ -372,10 +374,14 @@ class Bench:
         image_id = self.glance.images.create(
             name='bench floor', disk_format='raw',
             container_format='bare')['id']
+        # The fastest upload we know: one PUT with a Content-Length.
         started = time.monotonic()
         with open(blob, 'rb') as f:
-            self.glance.images.upload(image_id, f, image_size=image_size)
+            response = requests.put(
+                '%s/v2/images/%s/file' % (self.args.glance, image_id),
+                data=f, headers={'Content-Type': 'application/octet-stream'})
         upload_s = time.monotonic() - started
+        response.raise_for_status()
         self.glance.images.delete(image_id)
         os.unlink(blob)
         assert read >= data, (read, data)

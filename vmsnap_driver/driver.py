@@ -92,9 +92,9 @@ class LibvirtDriver:
             flat = None
             with strategy.capture(guest, disk, chain, workdir) as view:
                 properties = image_properties.snapshot_properties(
-                    instance, decision.mode, decision.reason, disk,
-                    view.started_at, view.captured_at)
-                properties['vmsnap_capture_method'] = strategy.method
+                    instance, decision.mode, decision.reason,
+                    strategy.method, disk, view.started_at,
+                    view.captured_at)
                 if streamed:
                     update_task_state(task_state=IMAGE_UPLOADING,
                                       expected_state=IMAGE_PENDING_UPLOAD)
@@ -117,7 +117,7 @@ class LibvirtDriver:
         with nbd.Client(view.nbd_socket, view.nbd_export) as client:
             encoded = image_stream.ENCODERS[image_format](
                 client.size, client.extents(), client.read)
-            body = image_stream.Prefetcher(encoded.chunks)
+            body = image_stream.Prefetcher(encoded.chunks, encoded.size)
             try:
                 self._images.upload(image_id, body, encoded.size,
                                     image_format, properties)

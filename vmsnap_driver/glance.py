@@ -8,6 +8,7 @@ password``) and a standalone one (``auth_type = none`` plus
 
 import contextlib
 import os
+import re
 from typing import Any, Iterator
 
 import glanceclient
@@ -32,6 +33,7 @@ class ImageService:
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         self._conf = conf
         self._client = None
+        self._adapter = None
 
     def _get_client(self) -> Any:
         if self._client is None:
@@ -40,6 +42,8 @@ class ImageService:
                     self._conf, GROUP)
                 session = ks_loading.load_session_from_conf_options(
                     self._conf, GROUP, auth=auth)
+                self._adapter = ks_loading.load_adapter_from_conf_options(
+                    self._conf, GROUP, session=session, auth=auth)
                 group = self._conf[GROUP]
                 self._client = glanceclient.Client(
                     '2', session=session, auth=auth,
@@ -50,11 +54,22 @@ class ImageService:
                     endpoint_override=group.endpoint_override)
         return self._client
 
+    def _endpoint(self) -> str:
+        """Glance's unversioned endpoint, however the catalog spells it."""
+        self._get_client()
+        with self._translated('locate', '-'):
+            endpoint = self._adapter.get_endpoint()
+        if not endpoint:
+            raise exception.GlanceUnavailable(
+                reason='no image endpoint in the catalog or in '
+                       '[glance] endpoint_override')
+        return re.sub(r'/v\d+(\.\d+)?/?$', '', endpoint.rstrip('/'))
+
     @contextlib.contextmanager
     def _translated(self, action: str, image_id: str) -> Iterator[None]:
         try:
             yield
-        except glance_exc.HTTPNotFound:
+        except (glance_exc.HTTPNotFound, ks_exc.NotFound):
             raise exception.ImageNotFound(image_id=image_id)
         except (glance_exc.CommunicationError,
                 ks_exc.ConnectFailure,
@@ -100,9 +115,7 @@ class ImageService:
 
     def image_location(self, image_id: str) -> str:
         """The image's URL, for a Location header."""
-        with self._translated('locate', image_id):
-            endpoint = self._get_client().http_client.get_endpoint()
-        return '%s/v2/images/%s' % (endpoint.rstrip('/'), image_id)
+        return '%s/v2/images/%s' % (self._endpoint(), image_id)
 
     def check_queued(self, image_id: str) -> dict:
         """The image, if it can still receive data; fail early otherwise."""
@@ -116,8 +129,8 @@ class ImageService:
                properties: dict) -> dict:
         """Declare formats, size and properties, then stream ``data``.
 
-        ``data`` is read in chunks (glanceclient calls ``read``), so the
-        image is never held in memory.  Declaring the size makes Glance
+        ``data`` is a file-like object, read in pieces, so the image is
+        never held in memory.  Declaring the size makes Glance
         reject a short stream, so a failed upload never leaves an
         ``active`` image with partial data.
         """
@@ -127,8 +140,15 @@ class ImageService:
                                  container_format='bare', **properties)
         LOG.info('Uploading %(size)d bytes of %(fmt)s into image %(id)s',
                  {'size': size, 'fmt': disk_format, 'id': image_id})
+        # Sent with a Content-Length, not chunked as glanceclient sends it:
+        # WSGI servers read a body of known length in large pieces, and
+        # that alone made uploads here several times faster.
         with self._translated('upload data to', image_id):
-            client.images.upload(image_id, data, image_size=size)
+            self._adapter.put(
+                '%s/v2/images/%s/file' % (self._endpoint(), image_id),
+                data=data,
+                headers={'Content-Type': 'application/octet-stream',
+                         'Content-Length': str(size)})
         image = self.get(image_id)
         if image['status'] != ACTIVE:
             raise exception.GlanceRefused(

@@ -9,6 +9,9 @@ it was taken, so that whoever restores it knows what they hold:
     then restored).
 ``vmsnap_mode_reason``
     Why that mode was used (configuration, or what ``auto`` found).
+``vmsnap_capture_method``
+    How the disk was captured: ``backup`` (point-in-time NBD export),
+    ``block_copy``, ``managedsave+backup`` or ``managedsave``.
 ``vmsnap_source_disk``, ``vmsnap_source_path``, ``vmsnap_source_format``
     The guest disk captured: its target (``vda``), file and format.
 ``vmsnap_capture_start``, ``vmsnap_capture_end``
@@ -56,8 +59,8 @@ def inherited(instance: Any) -> Dict[str, str]:
     return properties
 
 
-def snapshot_properties(instance: Any, mode: str, reason: str, disk: Any,
-                        started_at: datetime.datetime,
+def snapshot_properties(instance: Any, mode: str, reason: str, method: str,
+                        disk: Any, started_at: datetime.datetime,
                         captured_at: datetime.datetime) -> Dict[str, str]:
     properties = inherited(instance)
     image_ref = getattr(instance, 'image_ref', None)
@@ -68,6 +71,7 @@ def snapshot_properties(instance: Any, mode: str, reason: str, disk: Any,
         'instance_uuid': instance.uuid,
         'vmsnap_mode': mode,
         'vmsnap_mode_reason': reason[:MAX_VALUE_LENGTH],
+        'vmsnap_capture_method': method,
         'vmsnap_source_disk': disk.target,
         'vmsnap_source_path': disk.path[:MAX_VALUE_LENGTH],
         'vmsnap_source_format': disk.format,

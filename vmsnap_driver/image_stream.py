@@ -230,7 +230,9 @@ class Prefetcher:
 
     _DONE = object()
 
-    def __init__(self, chunks: Iterator[bytes], depth: int = 8) -> None:
+    def __init__(self, chunks: Iterator[bytes], size: int,
+                 depth: int = 8) -> None:
+        self._size = size
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error = None
         self._buffer = memoryview(b'')
@@ -253,6 +255,17 @@ class Prefetcher:
         except BaseException as e:  # handed to the reading thread
             self._error = e
         self._queue.put(self._DONE)
+
+    def __len__(self) -> int:
+        """The whole stream's size: HTTP clients send it as Content-Length."""
+        return self._size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.read(PIECE)
+            if not chunk:
+                return
+            yield chunk
 
     def read(self, size: int = -1) -> bytes:
         while not self._buffer:

@@ -20,7 +20,7 @@ def test_record_and_nova_properties():
                          'image_base_image_ref': 'img-1',
                          'owner_user_name': 'alice'})
     props = image_properties.snapshot_properties(
-        instance, 'live', 'why', DISK, T0, T1)
+        instance, 'live', 'why', 'backup', DISK, T0, T1)
     assert props['image_type'] == 'snapshot'
     assert props['instance_uuid'] == 'u-1'
     assert props['base_image_ref'] == 'img-1'
@@ -29,6 +29,7 @@ def test_record_and_nova_properties():
     for key in ('disk_format', 'os_hash_value', 'owner_user_name'):
         assert key not in props
     assert props['vmsnap_mode'] == 'live'
+    assert props['vmsnap_capture_method'] == 'backup'
     assert props['vmsnap_source_disk'] == 'vda'
     assert props['vmsnap_capture_start'] == '2026-01-02T03:04:05+00:00'
     assert props['vmsnap_capture_end'] == '2026-01-02T03:04:07+00:00'
@@ -38,6 +39,6 @@ def test_record_and_nova_properties():
 def test_plain_instance_without_nova_fields():
     instance = types.SimpleNamespace(uuid='u-2', name='vm')
     props = image_properties.snapshot_properties(
-        instance, 'cold', 'r' * 300, DISK, T0, T1)
+        instance, 'cold', 'r' * 300, 'managedsave', DISK, T0, T1)
     assert 'base_image_ref' not in props
     assert len(props['vmsnap_mode_reason']) == 255

@@ -107,7 +107,7 @@ def test_prefetcher_passes_errors_and_skips_empty_chunks():
         yield b''
         yield b'cd'
         raise IOError('disk gone')
-    body = image_stream.Prefetcher(chunks(), depth=1)
+    body = image_stream.Prefetcher(chunks(), 4, depth=1)
     assert body.read(1) + body.read(5) + body.read(5) == b'abcd'
     with pytest.raises(IOError):
         body.read(5)
