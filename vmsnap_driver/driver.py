@@ -17,12 +17,14 @@ from vmsnap_driver import capture
 from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import config
 from vmsnap_driver import decide
+from vmsnap_driver import digest
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import image_properties
 from vmsnap_driver import image_stream
 from vmsnap_driver import nbd
 from vmsnap_driver import qemu_img
+from vmsnap_driver import qemu_nbd
 from vmsnap_driver import workspace
 
 LOG = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ LOG = logging.getLogger(__name__)
 # Nova's task states, as its compute manager expects them.
 IMAGE_PENDING_UPLOAD = 'image_pending_upload'
 IMAGE_UPLOADING = 'image_uploading'
+
+DIGEST_PROPERTY = 'vmsnap_content_sha256'
 
 TaskStateCallback = Callable[..., None]
 
@@ -92,9 +96,13 @@ class LibvirtDriver:
             flat = None
             with strategy.capture(guest, disk, chain, workdir) as view:
                 properties = image_properties.snapshot_properties(
-                    instance, decision.mode, decision.reason,
-                    strategy.method, disk, view.started_at,
-                    view.captured_at)
+                    instance, image_properties.CaptureRecord(
+                        mode=decision.mode, reason=decision.reason,
+                        method=strategy.method, disk=disk,
+                        started_at=view.started_at,
+                        captured_at=view.captured_at,
+                        libvirt_version=_version(caps.libvirt_version),
+                        qemu_version=_version(caps.hypervisor_version)))
                 if streamed:
                     update_task_state(task_state=IMAGE_UPLOADING,
                                       expected_state=IMAGE_PENDING_UPLOAD)
@@ -104,6 +112,8 @@ class LibvirtDriver:
                     flat = os.path.join(workdir, 'snapshot.' + image_format)
                     _flatten(view, flat, image_format, compress)
             if flat:
+                properties[DIGEST_PROPERTY] = _file_digest(flat,
+                                                           image_format)
                 update_task_state(task_state=IMAGE_UPLOADING,
                                   expected_state=IMAGE_PENDING_UPLOAD)
                 self._images.upload_file(image_id, flat, image_format,
@@ -113,16 +123,33 @@ class LibvirtDriver:
 
     def _upload_export(self, image_id: str, view: capture_base.DiskView,
                        image_format: str, properties: dict) -> None:
-        """Encode the export front to back, straight into Glance."""
+        """Encode the export front to back, straight into Glance.
+
+        The content digest is computed as the data streams, so it is known
+        only once the upload is done: it is added to the image then.
+        """
         with nbd.Client(view.nbd_socket, view.nbd_export) as client:
+            content = digest.ContentDigest(client.read, client.size)
             encoded = image_stream.ENCODERS[image_format](
-                client.size, client.extents(), client.read)
+                client.size, client.extents(), content.read)
             body = image_stream.Prefetcher(encoded.chunks, encoded.size)
             try:
                 self._images.upload(image_id, body, encoded.size,
                                     image_format, properties)
             finally:
                 body.close()
+        self._images.set_properties(
+            image_id, {DIGEST_PROPERTY: content.hexdigest()})
+
+
+def _file_digest(path: str, image_format: str) -> str:
+    with qemu_nbd.serve(path, image_format) as sock:
+        with nbd.Client(sock, qemu_nbd.EXPORT) as client:
+            return digest.of_export(client)
+
+
+def _version(version: tuple) -> str:
+    return '.'.join(str(part) for part in version)
 
 
 def _flatten(view: capture_base.DiskView, dest: str, image_format: str,

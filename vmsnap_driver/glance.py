@@ -156,6 +156,16 @@ class ImageService:
                 reason='it is "%s" after the upload' % image['status'])
         return image
 
+    def data(self, image_id: str) -> Any:
+        """The image's bytes, as an iterator of chunks."""
+        with self._translated('download', image_id):
+            return self._get_client().images.data(image_id,
+                                                  do_checksum=False)
+
+    def set_properties(self, image_id: str, properties: dict) -> None:
+        with self._translated('update', image_id):
+            self._get_client().images.update(image_id, **properties)
+
     def upload_file(self, image_id: str, path: str, disk_format: str,
                     properties: dict) -> dict:
         with open(path, 'rb') as data:

@@ -18,9 +18,25 @@ it was taken, so that whoever restores it knows what they hold:
     UTC, ISO 8601: when the capture began and the instant the image's
     content was fixed.  Everything the guest had made durable before the
     start is in the image; nothing it wrote after the end is.
+``vmsnap_consistency``
+    ``crash-consistent``: the disk as a power cut would have left it (the
+    filesystem may need its journal replayed); ``filesystem-frozen``: the
+    guest's filesystems were frozen by its agent at the instant of capture.
+``vmsnap_freeze_seconds``
+    How long the guest's filesystems stayed frozen (``0`` when not frozen).
+``vmsnap_disks``
+    The guest disks captured together, at that one instant.
+``vmsnap_libvirt_version``, ``vmsnap_qemu_version``
+    The hypervisor that took it.
+``vmsnap_content_sha256``
+    sha256 of the virtual disk's raw content (every byte, zeros included),
+    whatever the image's format or layout: ``vmsnap verify`` checks an
+    image, or anything restored from it, against it.
 ``vmsnap_version``
     The vmsnap release that took it.
 """
+
+import dataclasses
 
 import datetime
 from typing import Any, Dict
@@ -59,9 +75,24 @@ def inherited(instance: Any) -> Dict[str, str]:
     return properties
 
 
-def snapshot_properties(instance: Any, mode: str, reason: str, method: str,
-                        disk: Any, started_at: datetime.datetime,
-                        captured_at: datetime.datetime) -> Dict[str, str]:
+@dataclasses.dataclass(frozen=True)
+class CaptureRecord:
+    """How one snapshot was taken, as the image will tell it."""
+
+    mode: str
+    reason: str
+    method: str
+    disk: Any
+    started_at: datetime.datetime
+    captured_at: datetime.datetime
+    libvirt_version: str
+    qemu_version: str
+    consistency: str = 'crash-consistent'
+    freeze_seconds: float = 0.0
+
+
+def snapshot_properties(instance: Any,
+                        record: CaptureRecord) -> Dict[str, str]:
     properties = inherited(instance)
     image_ref = getattr(instance, 'image_ref', None)
     if image_ref:
@@ -69,14 +100,19 @@ def snapshot_properties(instance: Any, mode: str, reason: str, method: str,
     properties.update({
         'image_type': 'snapshot',
         'instance_uuid': instance.uuid,
-        'vmsnap_mode': mode,
-        'vmsnap_mode_reason': reason[:MAX_VALUE_LENGTH],
-        'vmsnap_capture_method': method,
-        'vmsnap_source_disk': disk.target,
-        'vmsnap_source_path': disk.path[:MAX_VALUE_LENGTH],
-        'vmsnap_source_format': disk.format,
-        'vmsnap_capture_start': _timestamp(started_at),
-        'vmsnap_capture_end': _timestamp(captured_at),
+        'vmsnap_mode': record.mode,
+        'vmsnap_mode_reason': record.reason[:MAX_VALUE_LENGTH],
+        'vmsnap_capture_method': record.method,
+        'vmsnap_source_disk': record.disk.target,
+        'vmsnap_source_path': record.disk.path[:MAX_VALUE_LENGTH],
+        'vmsnap_source_format': record.disk.format,
+        'vmsnap_capture_start': _timestamp(record.started_at),
+        'vmsnap_capture_end': _timestamp(record.captured_at),
+        'vmsnap_consistency': record.consistency,
+        'vmsnap_freeze_seconds': '%.3f' % record.freeze_seconds,
+        'vmsnap_disks': record.disk.target,
+        'vmsnap_libvirt_version': record.libvirt_version,
+        'vmsnap_qemu_version': record.qemu_version,
         'vmsnap_version': vmsnap_driver.__version__,
     })
     return properties

@@ -7,6 +7,9 @@ import subprocess
 
 import libvirt
 
+from vmsnap_driver import digest
+from vmsnap_driver import nbd
+from vmsnap_driver import qemu_nbd
 from vmsnap_driver.tests.functional import testguest
 
 # What e2fsck fixes on any ext4 that was mounted when copied: the summary
@@ -78,6 +81,14 @@ def assert_image_holds(glance, image_id, guest, workdir, window,
         check=True, capture_output=True, text=True).stdout)
     assert 'backing-filename' not in info, 'image is not flattened'
     assert info['virtual-size'] == 64 * 1024 * 1024
+
+    # The recorded content digest is the digest of what was uploaded,
+    # whatever the path that produced it.
+    with qemu_nbd.serve(local, image_format) as sock:
+        with nbd.Client(sock, qemu_nbd.EXPORT) as client:
+            assert digest.of_export(client) == image['vmsnap_content_sha256']
+    assert image['vmsnap_consistency'] == 'crash-consistent'
+    assert image['vmsnap_disks'] == 'vda'
 
     result = testguest.read_ext4_files(
         local, image_format, ['boot.bin', 'base.bin', 'counter'], workdir)

@@ -58,6 +58,8 @@ def steps(tmp_path):
             mock.patch('vmsnap_driver.capture.get',
                        return_value=Strategy()), \
             mock.patch.object(qemu_img, 'info', return_value=CHAIN), \
+            mock.patch('vmsnap_driver.driver._file_digest',
+                       return_value='d' * 64), \
             mock.patch.object(qemu_img, 'convert',
                               side_effect=lambda *a, **k: log.append(
                                   'flatten')):
@@ -80,6 +82,7 @@ def test_steps_run_in_order_with_task_states(steps):
     image_id, path, fmt, props = steps.images.upload_file.call_args[0]
     assert (image_id, fmt) == ('img', 'qcow2')
     assert props['vmsnap_mode'] == 'live'
+    assert props['vmsnap_content_sha256'] == 'd' * 64
 
 
 def test_image_is_checked_before_the_guest_is_touched(steps):

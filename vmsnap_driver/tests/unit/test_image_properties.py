@@ -20,7 +20,8 @@ def test_record_and_nova_properties():
                          'image_base_image_ref': 'img-1',
                          'owner_user_name': 'alice'})
     props = image_properties.snapshot_properties(
-        instance, 'live', 'why', 'backup', DISK, T0, T1)
+        instance, image_properties.CaptureRecord(
+            'live', 'why', 'backup', DISK, T0, T1, '9.0.0', '7.2.0'))
     assert props['image_type'] == 'snapshot'
     assert props['instance_uuid'] == 'u-1'
     assert props['base_image_ref'] == 'img-1'
@@ -33,12 +34,18 @@ def test_record_and_nova_properties():
     assert props['vmsnap_source_disk'] == 'vda'
     assert props['vmsnap_capture_start'] == '2026-01-02T03:04:05+00:00'
     assert props['vmsnap_capture_end'] == '2026-01-02T03:04:07+00:00'
+    assert props['vmsnap_consistency'] == 'crash-consistent'
+    assert props['vmsnap_freeze_seconds'] == '0.000'
+    assert props['vmsnap_disks'] == 'vda'
+    assert props['vmsnap_qemu_version'] == '7.2.0'
     assert all(isinstance(v, str) for v in props.values())
 
 
 def test_plain_instance_without_nova_fields():
     instance = types.SimpleNamespace(uuid='u-2', name='vm')
     props = image_properties.snapshot_properties(
-        instance, 'cold', 'r' * 300, 'managedsave', DISK, T0, T1)
+        instance, image_properties.CaptureRecord(
+            'cold', 'r' * 300, 'managedsave', DISK, T0, T1, '9.0.0',
+            '7.2.0'))
     assert 'base_image_ref' not in props
     assert len(props['vmsnap_mode_reason']) == 255

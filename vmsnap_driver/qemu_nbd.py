@@ -1,0 +1,61 @@
+"""Serve a local image file read-only over NBD with qemu-nbd.
+
+The NBD client reads any format qemu understands, including compressed
+qcow2, as raw disk content: that is how a flattened file or a downloaded
+image is hashed.  The format is always given (``-f``), never probed.
+"""
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from typing import Iterator
+
+from vmsnap_driver import exception
+from vmsnap_driver import qemu_img
+
+EXPORT = 'disk'
+START_TIMEOUT = 30
+
+
+@contextlib.contextmanager
+def serve(path: str, fmt: str) -> Iterator[str]:
+    """Export ``path`` on a private unix socket; yield the socket path."""
+    if fmt not in qemu_img.FORMATS:
+        raise exception.QemuImgFailed(command='qemu-nbd', exit_code='-',
+                                      stderr='unsupported format %r' % fmt)
+    directory = tempfile.mkdtemp(prefix='vmsnap-nbd-')
+    sock = os.path.join(directory, 'nbd.sock')
+    cmd = ['qemu-nbd', '--read-only', '--persistent', '--shared=4',
+           '-f', fmt, '-x', EXPORT, '-k', sock, path]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    except OSError as e:
+        os.rmdir(directory)
+        raise exception.QemuImgFailed(command=' '.join(cmd), exit_code='-',
+                                      stderr='%s (is qemu-utils installed?)'
+                                      % e)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise exception.QemuImgFailed(
+                    command=' '.join(cmd), exit_code=proc.wait(),
+                    stderr=proc.stderr.read().decode(errors='replace'))
+            time.sleep(0.02)
+        yield sock
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stderr.close()
+        if os.path.exists(sock):
+            os.unlink(sock)
+        os.rmdir(directory)

@@ -1,0 +1,57 @@
+"""``vmsnap verify`` against real images in the real Glance."""
+
+import os
+import subprocess
+import sys
+
+from vmsnap_driver.tests.functional import checks
+
+BIN = os.path.dirname(sys.executable)
+GLANCE_STORE = os.environ.get('VMSNAP_GLANCE_DIR',
+                              '/var/lib/vmsnap-glance') + '/images'
+
+
+def run_verify(conf_file, image_id):
+    return subprocess.run([os.path.join(BIN, 'vmsnap'), '--config-file',
+                           conf_file, 'verify', image_id],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_verify_passes_then_catches_altered_bytes(
+        conf, load_driver, make_guest, queued_image, glance, glance_url,
+        tmp_path):
+    guest = make_guest()
+    guest.start()
+    image_id = queued_image()
+    load_driver().snapshot(None, checks.Instance(guest), image_id)
+    conf_file = tmp_path / 'vmsnap.conf'
+    conf_file.write_text('[glance]\nauth_type = none\n'
+                         'endpoint_override = %s\n' % glance_url)
+
+    good = run_verify(str(conf_file), image_id)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert 'VERIFIED' in good.stdout
+    assert 'content sha256' in good.stdout
+
+    # Flip one byte of guest data in the file Glance stores.
+    stored = os.path.join(GLANCE_STORE, image_id)
+    with open(stored, 'r+b') as f:
+        f.seek(os.path.getsize(stored) - 4096)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    bad = run_verify(str(conf_file), image_id)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert 'MISMATCH' in bad.stdout
+    assert 'FAIL  content sha256' in bad.stdout
+    assert 'stored image was altered' in bad.stdout
+
+
+def test_verify_of_unknown_image_is_an_error(glance_url, tmp_path):
+    conf_file = tmp_path / 'vmsnap.conf'
+    conf_file.write_text('[glance]\nauth_type = none\n'
+                         'endpoint_override = %s\n' % glance_url)
+    result = run_verify(str(conf_file),
+                        '0b7c1d4e-0000-4000-8000-000000000000')
+    assert result.returncode == 2
+    assert 'does not exist' in result.stderr
