@@ -77,6 +77,30 @@ libvirt_opts = [
                 default=False,
                 help='Compress qcow2 snapshot images (qemu-img convert -c). '
                      'Smaller uploads, more CPU time. Ignored for raw.'),
+    cfg.StrOpt('quiesce',
+               default='auto',
+               choices=[
+                   ('auto', 'Freeze the guest\'s filesystems through its '
+                            'QEMU guest agent when it has an agent channel '
+                            'or its image says hw_qemu_guest_agent=yes; if '
+                            'the agent does not answer, take a '
+                            'crash-consistent snapshot and say so.'),
+                   ('required', 'Fail the snapshot, before touching the '
+                                'guest, when its filesystems cannot be '
+                                'frozen (as the image property '
+                                'os_require_quiesce=yes does).'),
+                   ('off', 'Never freeze: crash-consistent snapshots.'),
+               ],
+               help='Whether live snapshots freeze the guest\'s filesystems '
+                    'at the instant of capture (only then: never during '
+                    'the copy).'),
+    cfg.IntOpt('quiesce_timeout',
+               default=10,
+               min=1,
+               help='Seconds the guest agent may take to freeze or thaw '
+                    'the filesystems; a hung agent fails the freeze '
+                    'instead of hanging the snapshot, and a thaw is always '
+                    'sent.'),
     cfg.BoolOpt('use_backup_api',
                 default=True,
                 help='Use libvirt\'s backup API (pull mode) when the host '

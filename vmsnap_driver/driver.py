@@ -25,6 +25,7 @@ from vmsnap_driver import image_stream
 from vmsnap_driver import nbd
 from vmsnap_driver import qemu_img
 from vmsnap_driver import qemu_nbd
+from vmsnap_driver import quiesce
 from vmsnap_driver import workspace
 
 LOG = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ class LibvirtDriver:
         caps = self._host.capabilities(guest.virt_type())
         decision = decide.choose(libvirt_conf.snapshot_mode, caps, state,
                                  disk, instance.uuid)
+        quiesce_plan = quiesce.plan(libvirt_conf.quiesce, instance, guest,
+                                    state, decision.mode)
+        freezer = quiesce.Freezer(guest, quiesce_plan,
+                                  libvirt_conf.quiesce_timeout)
         strategy = capture.get(decision.mode, self._conf, caps)
         LOG.info('Taking a %(mode)s snapshot (%(method)s) of disk %(disk)s '
                  'into image %(image)s: %(reason)s',
@@ -94,7 +99,8 @@ class LibvirtDriver:
         with workspace.workspace(libvirt_conf.snapshots_directory,
                                  needed) as workdir:
             flat = None
-            with strategy.capture(guest, disk, chain, workdir) as view:
+            with strategy.capture(guest, disk, chain, workdir,
+                                  freezer.frozen) as view:
                 properties = image_properties.snapshot_properties(
                     instance, image_properties.CaptureRecord(
                         mode=decision.mode, reason=decision.reason,
@@ -102,7 +108,9 @@ class LibvirtDriver:
                         started_at=view.started_at,
                         captured_at=view.captured_at,
                         libvirt_version=_version(caps.libvirt_version),
-                        qemu_version=_version(caps.hypervisor_version)))
+                        qemu_version=_version(caps.hypervisor_version),
+                        consistency=freezer.level,
+                        freeze_seconds=freezer.seconds))
                 if streamed:
                     update_task_state(task_state=IMAGE_UPLOADING,
                                       expected_state=IMAGE_PENDING_UPLOAD)

@@ -101,3 +101,19 @@ class UnexpectedTaskState(VmsnapException):
 class ServiceStopping(VmsnapException):
     msg_fmt = ('vmsnap-compute is shutting down and accepts no new '
                'snapshots. Try again once it is back.')
+
+
+class QuiesceUnavailable(VmsnapException):
+    msg_fmt = ('Instance %(instance_uuid)s must be quiesced for this '
+               'snapshot (%(why)s) but cannot be: %(reason)s. The guest was '
+               'not touched. Install and start qemu-guest-agent in the '
+               'guest with a virtio-serial channel '
+               'org.qemu.guest_agent.0, or drop the requirement.')
+
+
+class QuiesceFailed(VmsnapException):
+    msg_fmt = ('The guest agent of instance %(instance_uuid)s could not '
+               'freeze its filesystems: %(reason)s. A thaw was sent; the '
+               'guest runs on. Check qemu-guest-agent in the guest, or set '
+               '[libvirt] quiesce = auto to fall back to a crash-consistent '
+               'snapshot.')

@@ -38,6 +38,8 @@ STATES = {
 
 ACTIVE_STATES = (RUNNING, PAUSED)
 
+AGENT_CHANNEL = 'org.qemu.guest_agent.0'
+
 
 @dataclasses.dataclass(frozen=True)
 class Disk:
@@ -160,6 +162,30 @@ class Guest:
     def resume(self) -> None:
         with self._translated('resume the guest'):
             self._domain.resume()
+
+    # -- guest agent --------------------------------------------------
+    def has_agent_channel(self) -> bool:
+        """The domain has the virtio-serial port qemu-guest-agent uses."""
+        with self._translated('read the domain XML'):
+            xml = self._domain.XMLDesc(0)
+        return any(
+            target.get('name') == AGENT_CHANNEL
+            for target in ElementTree.fromstring(xml).findall(
+                './devices/channel/target'))
+
+    def freeze_filesystems(self, timeout: int) -> int:
+        """Ask the guest agent to freeze every filesystem it can.
+
+        The agent timeout is set first, so a hung agent fails the call
+        after ``timeout`` seconds instead of blocking the snapshot.
+        """
+        with self._translated('freeze the filesystems'):
+            self._domain.agentSetResponseTimeout(timeout, 0)
+            return self._domain.fsFreeze(None, 0)
+
+    def thaw_filesystems(self) -> int:
+        with self._translated('thaw the filesystems'):
+            return self._domain.fsThaw(None, 0)
 
     # -- backup jobs --------------------------------------------------
     def backup_begin(self, disk: str, socket_path: str,

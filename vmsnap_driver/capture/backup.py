@@ -24,7 +24,8 @@ LOG = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def nbd_export(guest: guest_mod.Guest, disk: guest_mod.Disk, workdir: str,
-               qemu_owner: Optional[Tuple[int, int]]
+               qemu_owner: Optional[Tuple[int, int]],
+               freeze: base.Freeze = contextlib.nullcontext
                ) -> Iterator[Tuple[str, str]]:
     """Export ``disk`` as it is now; yield (socket path, export name).
 
@@ -36,8 +37,9 @@ def nbd_export(guest: guest_mod.Guest, disk: guest_mod.Disk, workdir: str,
     if qemu_owner:
         os.chown(directory, *qemu_owner)
     socket_path = os.path.join(directory, 'nbd.sock')
-    guest.backup_begin(disk.target, socket_path,
-                       os.path.join(directory, 'scratch.qcow2'))
+    with freeze():
+        guest.backup_begin(disk.target, socket_path,
+                           os.path.join(directory, 'scratch.qcow2'))
     LOG.debug('Disk %(disk)s exported over NBD at %(socket)s',
               {'disk': disk.target, 'socket': socket_path},
               instance_uuid=guest.uuid)
@@ -71,11 +73,12 @@ class BackupCapture(base.Capture):
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
-                chain: List[qemu_img.ImageInfo],
-                workdir: str) -> Iterator[base.DiskView]:
+                chain: List[qemu_img.ImageInfo], workdir: str,
+                freeze: base.Freeze = contextlib.nullcontext
+                ) -> Iterator[base.DiskView]:
         started = base.utcnow()
-        with nbd_export(guest, disk, workdir, self.qemu_owner) as (sock,
-                                                                   name):
+        with nbd_export(guest, disk, workdir, self.qemu_owner,
+                        freeze) as (sock, name):
             captured = base.utcnow()
             LOG.info('Disk %(disk)s of guest %(name)s frozen in time for '
                      'a live snapshot in %(secs).3f s',

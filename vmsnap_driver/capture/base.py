@@ -9,9 +9,10 @@ adding a module here.
 """
 
 import abc
+import contextlib
 import dataclasses
 import datetime
-from typing import ContextManager, List, Optional
+from typing import Callable, ContextManager, List, Optional
 
 from oslo_config import cfg
 
@@ -34,6 +35,9 @@ class DiskView:
     format: Optional[str] = None
     nbd_socket: Optional[str] = None
     nbd_export: Optional[str] = None
+
+
+Freeze = Callable[[], ContextManager[None]]
 
 
 def utcnow() -> datetime.datetime:
@@ -61,11 +65,13 @@ class Capture(abc.ABC):
 
     @abc.abstractmethod
     def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
-                chain: List[qemu_img.ImageInfo],
-                workdir: str) -> ContextManager[DiskView]:
+                chain: List[qemu_img.ImageInfo], workdir: str,
+                freeze: Freeze = contextlib.nullcontext
+                ) -> ContextManager[DiskView]:
         """Capture ``disk``; a context manager yielding a :class:`DiskView`.
 
-        On exit, normal or not, the guest must be in the state it had
-        before and nothing the capture created may remain outside
-        ``workdir``.
+        ``freeze()`` wraps the single step that fixes the disk's content in
+        time (it freezes the guest's filesystems when asked to).  On exit,
+        normal or not, the guest must be in the state it had before and
+        nothing the capture created may remain outside ``workdir``.
         """

@@ -50,8 +50,11 @@ class ManagedSaveCapture(base.Capture):
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
-                chain: List[qemu_img.ImageInfo],
-                workdir: str) -> Iterator[base.DiskView]:
+                chain: List[qemu_img.ImageInfo], workdir: str,
+                freeze: base.Freeze = contextlib.nullcontext
+                ) -> Iterator[base.DiskView]:
+        # A saved guest is not frozen: quiesce.plan never asks a cold
+        # capture to freeze.
         state = guest.state()
         started = base.utcnow()
         if state == guest_mod.SHUTOFF:

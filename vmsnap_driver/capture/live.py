@@ -51,8 +51,9 @@ class BlockCopyCapture(base.Capture):
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
-                chain: List[qemu_img.ImageInfo],
-                workdir: str) -> Iterator[base.DiskView]:
+                chain: List[qemu_img.ImageInfo], workdir: str,
+                freeze: base.Freeze = contextlib.nullcontext
+                ) -> Iterator[base.DiskView]:
         top = chain[0]
         copy = os.path.join(workdir, 'copy.qcow2')
         qemu_img.create_overlay(copy, top.virtual_size, top.backing_file,
@@ -63,6 +64,9 @@ class BlockCopyCapture(base.Capture):
                   {'disk': disk.target, 'copy': copy})
         try:
             self._wait_in_sync(guest, disk)
+            with freeze():
+                # The instant the copy stops following the guest's writes.
+                guest.abort_block_job(disk.target)
         finally:
             self._cancel(guest, disk)
         captured = base.utcnow()

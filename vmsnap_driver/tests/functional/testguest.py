@@ -27,8 +27,9 @@ CACHE_DIR = os.environ.get('VMSNAP_TEST_CACHE', '/var/cache/vmsnap-test')
 # Debian ships these as modules, without modules.dep: load them in
 # dependency order.
 MODULES = ('virtio_ring', 'virtio', 'virtio_pci_modern_dev',
-           'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk', 'crc16',
-           'mbcache', 'jbd2', 'crc32c_generic', 'ext4')
+           'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk',
+           'virtio_console', 'crc16', 'mbcache', 'jbd2', 'crc32c_generic',
+           'ext4')
 
 BOOT_FILE_SIZE = 2 * 1024 * 1024
 BASE_FILE_SIZE = 4 * 1024 * 1024
@@ -60,6 +61,17 @@ while true; do
     sleep 0.5
 done"""
 
+# qemu-guest-agent on its virtio-serial port, so that libvirt can freeze
+# the guest's filesystems; its pid is kept for tests that stop it.
+AGENT = r"""mkdir -p /dev/virtio-ports /var/run /tmp
+for port in /sys/class/virtio-ports/*; do
+    ln -sf /dev/${port##*/} /dev/virtio-ports/$(cat $port/name)
+done
+/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
+    -t /tmp &
+echo $! > /tmp/qga.pid
+"""
+
 # Leave the disk alone (its content is whatever the host put there), but
 # keep counting on the console to show the guest runs.
 IDLE = r"""echo VMSNAP-READY
@@ -69,6 +81,11 @@ while true; do
     echo "VMSNAP-COUNTER $n"
     sleep 0.5
 done"""
+
+AGENT_CHANNEL = """    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+"""
 
 DOMAIN_XML = """<domain type='qemu'>
   <name>%(name)s</name>
@@ -95,7 +112,7 @@ DOMAIN_XML = """<domain type='qemu'>
       <source path='%(console)s' append='on'/>
       <target port='0'/>
     </serial>
-    <memballoon model='none'/>
+%(channel)s    <memballoon model='none'/>
   </devices>
 </domain>
 """
@@ -135,42 +152,61 @@ def kernel_version() -> str:
 
 
 def guest_kit() -> dict:
-    """Kernel, busybox and modules, cached across test runs."""
+    """Kernel, busybox, modules and qemu-ga, cached across test runs."""
     version = kernel_version()
     kit = os.path.join(CACHE_DIR, version)
-    kernel = os.path.join(kit, 'vmlinuz')
-    if not os.path.exists(kernel):
+    files = {'kernel': os.path.join(kit, 'vmlinuz'),
+             'busybox': os.path.join(kit, 'busybox'),
+             'agent': os.path.join(kit, 'qemu-ga')}
+    wanted = {mod + '.ko' for mod in MODULES}
+    needed = list(files.values()) + [os.path.join(kit, m) for m in wanted]
+    if not all(os.path.exists(path) for path in needed):
         os.makedirs(kit, mode=0o755, exist_ok=True)
         os.chmod(CACHE_DIR, 0o755)
         tmp = tempfile.mkdtemp(dir=kit)
         try:
             deb = _download('linux-image-' + version, tmp)
-            wanted = {mod + '.ko' for mod in MODULES}
             members = ['./boot/vmlinuz-' + version] + [
                 path for path in
                 (line.split()[-1] for line in
                  _run('dpkg-deb', '-c', deb).splitlines())
                 if os.path.basename(path) in wanted]
-            _extract(deb, members, kit)
-            bb = _download('busybox-static', tmp)
-            _extract(bb, ['./bin/busybox'], kit)
-            os.chmod(os.path.join(kit, 'busybox'), 0o755)
-            os.rename(os.path.join(kit, 'vmlinuz-' + version),
-                      os.path.join(kit, 'vmlinuz.tmp'))
-            os.rename(os.path.join(kit, 'vmlinuz.tmp'), kernel)
+            _extract(deb, members, tmp)
+            _extract(_download('busybox-static', tmp), ['./bin/busybox'],
+                     tmp)
+            _extract(_download('qemu-guest-agent', tmp),
+                     ['./usr/sbin/qemu-ga'], tmp)
+            os.rename(os.path.join(tmp, 'vmlinuz-' + version),
+                      os.path.join(tmp, 'vmlinuz'))
+            for name in ['vmlinuz', 'busybox', 'qemu-ga'] + sorted(wanted):
+                os.chmod(os.path.join(tmp, name), 0o755)
+                os.replace(os.path.join(tmp, name), os.path.join(kit, name))
         finally:
             shutil.rmtree(tmp)
-    return {'dir': kit, 'kernel': kernel,
-            'busybox': os.path.join(kit, 'busybox')}
+    return dict(files, dir=kit)
+
+
+def _add_agent(kit: dict, root: str) -> None:
+    """qemu-ga and the host libraries it links (Debian's, like the guest's)."""
+    shutil.copy(kit['agent'], os.path.join(root, 'sbin/qemu-ga'))
+    for path in re.findall(r'(/\S+\.so[.\d]*) \(0x',
+                           _run('ldd', kit['agent'])):
+        dest = os.path.join(root, path.lstrip('/'))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy(os.path.realpath(path), dest)
 
 
 def build_initramfs(kit: dict, dest: str, boot_data: bytes,
-                    workload: str = WRITER) -> None:
+                    workload: str = WRITER, agent: bool = False) -> None:
     """Pack init, busybox, the modules and the boot payload with busybox."""
     root = tempfile.mkdtemp()
     try:
-        for sub in ('bin', 'lib/modules', 'proc', 'sys', 'dev', 'mnt'):
+        for sub in ('bin', 'sbin', 'lib/modules', 'proc', 'sys', 'dev',
+                    'mnt'):
             os.makedirs(os.path.join(root, sub))
+        if agent:
+            _add_agent(kit, root)
+            workload = AGENT + workload
         shutil.copy(kit['busybox'], os.path.join(root, 'bin/busybox'))
         for mod in MODULES:
             shutil.copy(os.path.join(kit['dir'], mod + '.ko'),
@@ -226,11 +262,12 @@ class TestGuest:
     def __init__(self, conn: libvirt.virConnect, workdir: str,
                  disk_format: str = 'qcow2', backing: bool = True,
                  name: Optional[str] = None,
-                 disk: Optional[dict] = None) -> None:
+                 disk: Optional[dict] = None, agent: bool = False) -> None:
         """A guest that writes to an ext4 disk of its own.
 
         :param disk: use this prebuilt disk (``path``, ``format``) instead;
             the guest then leaves it untouched.
+        :param agent: run qemu-guest-agent on a virtio-serial channel.
         """
         self.conn = conn
         self.workdir = workdir
@@ -244,7 +281,7 @@ class TestGuest:
         kit = guest_kit()
         self.initrd = os.path.join(workdir, 'initrd.img')
         build_initramfs(kit, self.initrd, self.boot_data,
-                        WRITER if disk is None else IDLE)
+                        WRITER if disk is None else IDLE, agent=agent)
         self.disk = disk or make_disk(workdir, self.base_data, disk_format,
                                       backing=backing)
         self.console = os.path.join(workdir, 'console.log')
@@ -252,7 +289,8 @@ class TestGuest:
             'name': saxutils.escape(self.name), 'uuid': self.uuid,
             'kernel': kit['kernel'], 'initrd': self.initrd,
             'disk': self.disk['path'], 'disk_format': self.disk['format'],
-            'console': self.console}
+            'console': self.console,
+            'channel': AGENT_CHANNEL if agent else ''}
         self.dom = conn.defineXML(xml)
 
     # -- lifecycle -------------------------------------------------------

@@ -28,7 +28,7 @@ def fake_guest(state=guest_mod.RUNNING, jobs=()):
 @mock.patch.object(qemu_img, 'create_overlay')
 def test_live_yields_copy_after_cancel(create_overlay, tmp_path):
     job = guest_mod.BlockJob(cur=10, end=10)
-    guest = fake_guest(jobs=[job, job])
+    guest = fake_guest(jobs=[job, None])
     strategy = live.BlockCopyCapture(timeout=5, bandwidth_mib=2)
     with strategy.capture(guest, DISK, CHAIN, str(tmp_path)) as view:
         guest.abort_block_job.assert_called_once_with('vda')

@@ -33,6 +33,9 @@ def steps(tmp_path):
     guest.name = 'vm'
     guest.root_disk.return_value = DISK
     guest.state.return_value = guest_mod.RUNNING
+    guest.has_agent_channel.return_value = True
+    guest.freeze_filesystems.side_effect = lambda t: log.append('freeze')
+    guest.thaw_filesystems.side_effect = lambda: log.append('thaw')
 
     class Strategy(base.Capture):
         mode = 'live'
@@ -42,8 +45,10 @@ def steps(tmp_path):
             return 0
 
         @contextlib.contextmanager
-        def capture(self, guest, disk, chain, workdir):
+        def capture(self, guest, disk, chain, workdir, freeze):
             log.append('capture')
+            with freeze():
+                log.append('point in time')
             yield base.DiskView(NOW, NOW, path='/copy', format='qcow2')
             log.append('release')
 
@@ -77,12 +82,15 @@ def test_steps_run_in_order_with_task_states(steps):
     driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img',
                                         update_task_state)
     assert steps.log == ['check image', 'image_pending_upload', 'capture',
-                         'flatten', 'release', 'image_uploading', 'upload']
+                         'freeze', 'point in time', 'thaw', 'flatten',
+                         'release', 'image_uploading', 'upload']
     assert tasks[1] == ('image_uploading', 'image_pending_upload')
     image_id, path, fmt, props = steps.images.upload_file.call_args[0]
     assert (image_id, fmt) == ('img', 'qcow2')
     assert props['vmsnap_mode'] == 'live'
     assert props['vmsnap_content_sha256'] == 'd' * 64
+    assert props['vmsnap_consistency'] == 'filesystem-frozen'
+    assert float(props['vmsnap_freeze_seconds']) < 1
 
 
 def test_image_is_checked_before_the_guest_is_touched(steps):

@@ -1,0 +1,123 @@
+"""Freeze the guest's filesystems, through its agent, for one instant.
+
+Whether to freeze is decided from configuration, the image properties Nova
+uses (``hw_qemu_guest_agent``, ``os_require_quiesce``) and the guest; the
+freeze itself wraps only the point-in-time step of a capture (starting a
+backup export, or cancelling an in-sync block copy), never the copy.  A
+thaw is always sent after a freeze attempt, even a failed one: an agent
+that answered late may have frozen after all.
+"""
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Iterator
+
+from oslo_log import log as logging
+
+from vmsnap_driver import exception
+from vmsnap_driver import guest as guest_mod
+
+LOG = logging.getLogger(__name__)
+
+OFF = 'off'
+AUTO = 'auto'
+REQUIRED = 'required'
+
+CRASH_CONSISTENT = 'crash-consistent'
+FILESYSTEM_FROZEN = 'filesystem-frozen'
+
+TRUE_STRINGS = ('yes', 'true', '1', 'on')
+
+
+def _image_flag(instance: Any, name: str) -> bool:
+    system_metadata = getattr(instance, 'system_metadata', None) or {}
+    return str(system_metadata.get('image_' + name, '')).lower() in (
+        TRUE_STRINGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Whether to freeze this snapshot, and whether failing to is fatal."""
+
+    freeze: bool
+    required: bool
+    why: str
+
+
+def plan(setting: str, instance: Any, guest: guest_mod.Guest, state: str,
+         mode: str) -> Plan:
+    """Decide before anything touches the guest; raise if impossible."""
+    if _image_flag(instance, 'os_require_quiesce'):
+        required, why = True, 'its image says os_require_quiesce=yes'
+    else:
+        required, why = setting == REQUIRED, '[libvirt] quiesce = required'
+    if not required and setting == OFF:
+        return Plan(False, False, '[libvirt] quiesce = off')
+    has_agent = guest.has_agent_channel()
+    if not required and not has_agent and not _image_flag(
+            instance, 'hw_qemu_guest_agent'):
+        return Plan(False, False, 'the guest has no agent channel')
+    problem = None
+    if not has_agent:
+        problem = 'the domain has no %s channel' % guest_mod.AGENT_CHANNEL
+    elif state != guest_mod.RUNNING:
+        problem = 'the guest is %s, so its agent cannot answer' % state
+    elif mode != 'live':
+        problem = ('a %s snapshot saves the guest instead of freezing it; '
+                   'use snapshot_mode = live or auto' % mode)
+    if problem:
+        if required:
+            raise exception.QuiesceUnavailable(
+                instance_uuid=guest.uuid, why=why, reason=problem)
+        return Plan(False, False, problem)
+    return Plan(True, required, why if required else 'the guest has an '
+                                                     'agent')
+
+
+class Freezer:
+    """Wraps a capture's point-in-time step; records what happened."""
+
+    def __init__(self, guest: guest_mod.Guest, the_plan: Plan,
+                 timeout: int) -> None:
+        self._guest = guest
+        self._plan = the_plan
+        self._timeout = timeout
+        self.level = CRASH_CONSISTENT
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        if not self._plan.freeze:
+            yield
+            return
+        started = time.monotonic()
+        try:
+            count = self._guest.freeze_filesystems(self._timeout)
+        except exception.HypervisorError as e:
+            self._thaw()
+            if self._plan.required:
+                raise exception.QuiesceFailed(instance_uuid=self._guest.uuid,
+                                              reason=e.message)
+            LOG.warning('The guest agent could not freeze the filesystems '
+                        '(%s); taking a crash-consistent snapshot instead',
+                        e.message, instance_uuid=self._guest.uuid)
+            yield
+            return
+        try:
+            yield
+        finally:
+            self._thaw()
+            self.seconds = time.monotonic() - started
+        self.level = FILESYSTEM_FROZEN
+        LOG.info('%(count)d filesystem(s) frozen for %(secs).3f s',
+                 {'count': count, 'secs': self.seconds},
+                 instance_uuid=self._guest.uuid)
+
+    def _thaw(self) -> None:
+        try:
+            self._guest.thaw_filesystems()
+        except exception.HypervisorError as e:
+            LOG.error('Thawing the filesystems failed: %s. If the guest is '
+                      'frozen, run "virsh domfsthaw %s".', e.message,
+                      self._guest.uuid, instance_uuid=self._guest.uuid)
