@@ -77,6 +77,18 @@ libvirt_opts = [
                 default=False,
                 help='Compress qcow2 snapshot images (qemu-img convert -c). '
                      'Smaller uploads, more CPU time. Ignored for raw.'),
+    cfg.StrOpt('snapshot_disks',
+               default='root',
+               choices=[
+                   ('root', 'Only the first disk, into the requested image '
+                            '(what Nova does).'),
+                   ('all', 'Every writable file-backed disk, all at the '
+                           'same instant: the first into the requested '
+                           'image, each other one into an image vmsnap '
+                           'creates, all linked by vmsnap_group_* '
+                           'properties.'),
+               ],
+               help='Which of the guest\'s disks a snapshot captures.'),
     cfg.StrOpt('quiesce',
                default='auto',
                choices=[

@@ -6,7 +6,7 @@ choice comes from one place.
 """
 
 import dataclasses
-from typing import Optional
+from typing import List, Optional
 
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
@@ -63,13 +63,22 @@ def _live_problem(caps: host_mod.Capabilities, state: str) -> Optional[str]:
 
 
 def choose(requested: str, caps: host_mod.Capabilities, state: str,
-           disk: guest_mod.Disk, instance_uuid: str) -> Decision:
-    """Pick live or cold for this snapshot, or raise SnapshotUnsupported."""
-    problem = _disk_problem(disk)
-    if problem:
-        raise exception.SnapshotUnsupported(
-            mode=requested, instance_uuid=instance_uuid, reason=problem)
+           disks: List[guest_mod.Disk], instance_uuid: str,
+           backup: bool = True) -> Decision:
+    """Pick live or cold for this snapshot, or raise SnapshotUnsupported.
+
+    :param backup: the backup API is available and enabled; without it,
+        several disks cannot be copied live at one instant.
+    """
+    for disk in disks:
+        problem = _disk_problem(disk)
+        if problem:
+            raise exception.SnapshotUnsupported(
+                mode=requested, instance_uuid=instance_uuid, reason=problem)
     live_problem = _live_problem(caps, state)
+    if not live_problem and len(disks) > 1 and not backup:
+        live_problem = ('capturing %d disks at one instant while the guest '
+                        'runs needs libvirt\'s backup API' % len(disks))
     if requested == LIVE:
         if live_problem:
             raise exception.SnapshotUnsupported(
@@ -81,7 +90,8 @@ def choose(requested: str, caps: host_mod.Capabilities, state: str,
         return Decision(LIVE, 'libvirt %s and QEMU %s can copy disk %s while '
                               'the guest runs'
                         % (_fmt(caps.libvirt_version),
-                           _fmt(caps.hypervisor_version), disk.target))
+                           _fmt(caps.hypervisor_version),
+                           ', '.join(d.target for d in disks)))
     if state not in COLD_STATES:
         raise exception.SnapshotUnsupported(
             mode=COLD, instance_uuid=instance_uuid,

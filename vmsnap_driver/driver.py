@@ -7,6 +7,7 @@ task states the way Nova's libvirt driver does.
 """
 
 import os
+import uuid as uuidlib
 from typing import Any, Callable, Optional
 
 from oslo_concurrency import lockutils
@@ -71,62 +72,85 @@ class LibvirtDriver:
         image_format = libvirt_conf.snapshot_image_format
         compress = libvirt_conf.snapshot_compression
         guest = self._host.get_guest(instance.uuid)
-        self._images.check_queued(image_id)
-        disk = guest.root_disk()
+        image = self._images.check_queued(image_id)
+        disks = (guest.writable_file_disks()
+                 if libvirt_conf.snapshot_disks == 'all'
+                 else [guest.root_disk()])
         state = guest.state()
         caps = self._host.capabilities(guest.virt_type())
-        decision = decide.choose(libvirt_conf.snapshot_mode, caps, state,
-                                 disk, instance.uuid)
-        quiesce_plan = quiesce.plan(libvirt_conf.quiesce, instance, guest,
-                                    state, decision.mode)
-        freezer = quiesce.Freezer(guest, quiesce_plan,
-                                  libvirt_conf.quiesce_timeout)
+        decision = decide.choose(
+            libvirt_conf.snapshot_mode, caps, state, disks, instance.uuid,
+            backup=libvirt_conf.use_backup_api and caps.backup)
+        freezer = quiesce.Freezer(
+            guest, quiesce.plan(libvirt_conf.quiesce, instance, guest,
+                                state, decision.mode),
+            libvirt_conf.quiesce_timeout)
         strategy = capture.get(decision.mode, self._conf, caps)
-        LOG.info('Taking a %(mode)s snapshot (%(method)s) of disk %(disk)s '
-                 'into image %(image)s: %(reason)s',
+        targets = [disk.target for disk in disks]
+        LOG.info('Taking a %(mode)s snapshot (%(method)s) of %(disks)s into '
+                 'image %(image)s: %(reason)s',
                  {'mode': decision.mode, 'method': strategy.method,
-                  'disk': disk.target, 'image': image_id,
+                  'disks': ', '.join(targets), 'image': image_id,
                   'reason': decision.reason},
                  instance_uuid=instance.uuid)
-        # -U: a running QEMU holds the disk open.
-        chain = qemu_img.info(disk.path, disk.format, force_share=True)
+        # -U: a running QEMU holds the disks open.
+        chains = [qemu_img.info(disk.path, disk.format, force_share=True)
+                  for disk in disks]
         streamed = strategy.exports_nbd(state) and not (
             compress and image_format == 'qcow2')
-        needed = strategy.scratch_bytes(chain) + (
-            0 if streamed else _flat_size(chain))
+        needed = strategy.scratch_bytes(chains) + (
+            0 if streamed else sum(_flat_size(chain) for chain in chains))
 
-        update_task_state(task_state=IMAGE_PENDING_UPLOAD)
-        with workspace.workspace(libvirt_conf.snapshots_directory,
-                                 needed) as workdir:
-            flat = None
-            with strategy.capture(guest, disk, chain, workdir,
-                                  freezer.frozen) as view:
-                properties = image_properties.snapshot_properties(
-                    instance, image_properties.CaptureRecord(
-                        mode=decision.mode, reason=decision.reason,
-                        method=strategy.method, disk=disk,
-                        started_at=view.started_at,
-                        captured_at=view.captured_at,
-                        libvirt_version=_version(caps.libvirt_version),
-                        qemu_version=_version(caps.hypervisor_version),
-                        consistency=freezer.level,
-                        freeze_seconds=freezer.seconds))
-                if streamed:
+        group = _ImageGroup(self._images, image, disks, instance.uuid)
+        try:
+            update_task_state(task_state=IMAGE_PENDING_UPLOAD)
+            with workspace.workspace(libvirt_conf.snapshots_directory,
+                                     needed) as workdir:
+                flats = []
+                with strategy.capture(guest, disks, chains, workdir,
+                                      freezer.frozen) as views:
+                    if streamed:
+                        update_task_state(
+                            task_state=IMAGE_UPLOADING,
+                            expected_state=IMAGE_PENDING_UPLOAD)
+                    for disk, view in zip(disks, views):
+                        properties = group.properties(
+                            disk, image_properties.snapshot_properties(
+                                instance, image_properties.CaptureRecord(
+                                    mode=decision.mode,
+                                    reason=decision.reason,
+                                    method=strategy.method, disk=disk,
+                                    started_at=view.started_at,
+                                    captured_at=view.captured_at,
+                                    libvirt_version=_version(
+                                        caps.libvirt_version),
+                                    qemu_version=_version(
+                                        caps.hypervisor_version),
+                                    consistency=freezer.level,
+                                    freeze_seconds=freezer.seconds,
+                                    disks=targets)))
+                        if streamed:
+                            self._upload_export(group.image_id(disk), view,
+                                                image_format, properties)
+                        else:
+                            flat = os.path.join(workdir, '%s.%s' % (
+                                disk.target, image_format))
+                            _flatten(view, flat, image_format, compress)
+                            flats.append((disk, flat, properties))
+                if flats:
                     update_task_state(task_state=IMAGE_UPLOADING,
                                       expected_state=IMAGE_PENDING_UPLOAD)
-                    self._upload_export(image_id, view, image_format,
-                                        properties)
-                else:
-                    flat = os.path.join(workdir, 'snapshot.' + image_format)
-                    _flatten(view, flat, image_format, compress)
-            if flat:
-                properties[DIGEST_PROPERTY] = _file_digest(flat,
-                                                           image_format)
-                update_task_state(task_state=IMAGE_UPLOADING,
-                                  expected_state=IMAGE_PENDING_UPLOAD)
-                self._images.upload_file(image_id, flat, image_format,
-                                         properties)
-        LOG.info('Snapshot image %(image)s is active', {'image': image_id},
+                for disk, flat, properties in flats:
+                    properties[DIGEST_PROPERTY] = _file_digest(flat,
+                                                               image_format)
+                    self._images.upload_file(group.image_id(disk), flat,
+                                             image_format, properties)
+        except Exception:
+            group.delete_created()
+            raise
+        LOG.info('Snapshot image %(image)s is active%(others)s',
+                 {'image': image_id,
+                  'others': group.describe_others()},
                  instance_uuid=instance.uuid)
 
     def _upload_export(self, image_id: str, view: capture_base.DiskView,
@@ -148,6 +172,61 @@ class LibvirtDriver:
                 body.close()
         self._images.set_properties(
             image_id, {DIGEST_PROPERTY: content.hexdigest()})
+
+
+class _ImageGroup:
+    """The requested image for the boot disk, new ones for the others.
+
+    The images of one snapshot share a group id, each names its disk, and
+    the boot disk's image lists the others, so that they can be restored
+    together.  Images vmsnap created are deleted again if the snapshot
+    fails; the requested one belongs to the caller.
+    """
+
+    def __init__(self, images: glance.ImageService, root_image: dict,
+                 disks: list, instance_uuid: str) -> None:
+        self._images = images
+        self._ids = {disks[0].target: root_image['id']}
+        self._created = []
+        self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
+        try:
+            for disk in disks[1:]:
+                created = images.create(
+                    '%s (%s)' % (root_image.get('name') or 'snapshot',
+                                 disk.target),
+                    {'image_type': 'snapshot',
+                     'instance_uuid': instance_uuid})
+                self._created.append(created['id'])
+                self._ids[disk.target] = created['id']
+        except Exception:
+            self.delete_created()
+            raise
+
+    def image_id(self, disk: Any) -> str:
+        return self._ids[disk.target]
+
+    def properties(self, disk: Any, properties: dict) -> dict:
+        if self._group:
+            properties['vmsnap_group_id'] = self._group
+            properties['vmsnap_disk_target'] = disk.target
+            if self._ids[disk.target] not in self._created:
+                properties['vmsnap_group_images'] = ','.join(
+                    '%s=%s' % (target, image_id)
+                    for target, image_id in self._ids.items()
+                    if image_id in self._created)
+        return properties
+
+    def delete_created(self) -> None:
+        for image_id in self._created:
+            self._images.delete(image_id)
+        self._created = []
+
+    def describe_others(self) -> str:
+        if not self._created:
+            return ''
+        return ' (other disks: %s)' % ', '.join(
+            '%s=%s' % (t, i) for t, i in self._ids.items()
+            if i in self._created)
 
 
 def _file_digest(path: str, image_format: str) -> str:

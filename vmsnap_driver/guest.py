@@ -7,6 +7,7 @@ here, so no caller parses libvirt error codes.
 
 import contextlib
 import dataclasses
+import os
 from typing import Iterator, List, Optional, Tuple
 from xml.etree import ElementTree
 from xml.sax import saxutils
@@ -129,6 +130,11 @@ class Guest:
                 reason='the domain has no disk')
         return disks[0]
 
+    def writable_file_disks(self) -> List[Disk]:
+        """Every disk a snapshot of "all disks" captures, boot disk first."""
+        return [d for d in self.disks()
+                if d.source_type == 'file' and d.path and not d.readonly]
+
     # -- lifecycle ----------------------------------------------------
     def managed_save(self, paused: bool) -> None:
         """Save memory to libvirt's managed save file and stop QEMU.
@@ -188,24 +194,28 @@ class Guest:
             return self._domain.fsThaw(None, 0)
 
     # -- backup jobs --------------------------------------------------
-    def backup_begin(self, disk: str, socket_path: str,
-                     scratch_path: str) -> None:
-        """Export ``disk`` as it is now over NBD (libvirt backup, pull).
+    def backup_begin(self, targets: List[str], socket_path: str,
+                     scratch_dir: str) -> None:
+        """Export ``targets`` as they are now over NBD (backup, pull mode).
 
-        QEMU keeps a point-in-time view: before the guest overwrites a
-        block, the old content is copied into the scratch file, so the
-        export never changes while the guest runs on.
+        All the disks are fixed at the same instant.  QEMU keeps each view
+        still: before the guest overwrites a block, the old content is
+        copied into that disk's scratch file, so the exports never change
+        while the guest runs on.  Each export is named after its target.
         """
         disks = ''.join(
+            "<disk name=%s backup='yes' type='file'><scratch file=%s/>"
+            "</disk>" % (saxutils.quoteattr(target), saxutils.quoteattr(
+                os.path.join(scratch_dir, target + '.qcow2')))
+            for target in targets)
+        disks += ''.join(
             "<disk name=%s backup='no'/>" % saxutils.quoteattr(d.target)
-            for d in self.disks() if d.target != disk)
+            for d in self.disks() if d.target not in targets)
         xml = ("<domainbackup mode='pull'>"
                "<server transport='unix' socket=%s/>"
-               "<disks><disk name=%s backup='yes' type='file'>"
-               "<scratch file=%s/></disk>%s</disks></domainbackup>"
-               % (saxutils.quoteattr(socket_path), saxutils.quoteattr(disk),
-                  saxutils.quoteattr(scratch_path), disks))
-        with self._translated('start a backup of %s' % disk):
+               "<disks>%s</disks></domainbackup>"
+               % (saxutils.quoteattr(socket_path), disks))
+        with self._translated('start a backup of %s' % ', '.join(targets)):
             self._domain.backupBegin(xml, None, 0)
 
     def abort_job(self) -> None:

@@ -26,6 +26,10 @@ it was taken, so that whoever restores it knows what they hold:
     How long the guest's filesystems stayed frozen (``0`` when not frozen).
 ``vmsnap_disks``
     The guest disks captured together, at that one instant.
+``vmsnap_group_id``, ``vmsnap_disk_target``, ``vmsnap_group_images``
+    With ``snapshot_disks = all``: the id shared by the images of one
+    snapshot, the disk each holds, and, on the boot disk's image, the
+    others as ``target=image_id`` pairs.
 ``vmsnap_libvirt_version``, ``vmsnap_qemu_version``
     The hypervisor that took it.
 ``vmsnap_content_sha256``
@@ -39,7 +43,7 @@ it was taken, so that whoever restores it knows what they hold:
 import dataclasses
 
 import datetime
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import vmsnap_driver
 
@@ -89,6 +93,7 @@ class CaptureRecord:
     qemu_version: str
     consistency: str = 'crash-consistent'
     freeze_seconds: float = 0.0
+    disks: Tuple[str, ...] = ()
 
 
 def snapshot_properties(instance: Any,
@@ -110,7 +115,7 @@ def snapshot_properties(instance: Any,
         'vmsnap_capture_end': _timestamp(record.captured_at),
         'vmsnap_consistency': record.consistency,
         'vmsnap_freeze_seconds': '%.3f' % record.freeze_seconds,
-        'vmsnap_disks': record.disk.target,
+        'vmsnap_disks': ','.join(record.disks or [record.disk.target]),
         'vmsnap_libvirt_version': record.libvirt_version,
         'vmsnap_qemu_version': record.qemu_version,
         'vmsnap_version': vmsnap_driver.__version__,

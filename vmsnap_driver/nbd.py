@@ -206,13 +206,14 @@ class Client:
             else:
                 self._recv(chunk_length)
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
+        """The bytes, in a new buffer (not copied again into ``bytes``)."""
         buf = bytearray(length)
         view = memoryview(buf)
         for start in range(0, length, MAX_REQUEST):
             self.read_into(offset + start,
                            view[start:start + MAX_REQUEST])
-        return bytes(buf)
+        return buf
 
     def extents(self) -> List[Extent]:
         """The whole export as data and zero runs, merged and in order."""

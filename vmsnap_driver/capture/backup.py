@@ -9,6 +9,7 @@ export and the scratch file; the domain definition is never touched.
 """
 
 import contextlib
+import datetime
 import os
 from typing import Iterator, List, Optional, Tuple
 
@@ -17,38 +18,45 @@ from oslo_log import log as logging
 
 from vmsnap_driver.capture import base
 from vmsnap_driver import guest as guest_mod
-from vmsnap_driver import qemu_img
 
 LOG = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def nbd_export(guest: guest_mod.Guest, disk: guest_mod.Disk, workdir: str,
-               qemu_owner: Optional[Tuple[int, int]],
-               freeze: base.Freeze = contextlib.nullcontext
-               ) -> Iterator[Tuple[str, str]]:
-    """Export ``disk`` as it is now; yield (socket path, export name).
+def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
+               workdir: str, qemu_owner: Optional[Tuple[int, int]],
+               freeze: base.Freeze = contextlib.nullcontext) -> Iterator[str]:
+    """Export ``disks`` as they are now; yield the NBD socket path.
 
-    QEMU creates the socket and the scratch file itself, as the user it
-    runs as, so their directory belongs to that user.
+    Each disk is an export named after its target.  QEMU creates the
+    socket and the scratch files itself, as the user it runs as, so their
+    directory belongs to that user.
     """
     directory = os.path.join(workdir, 'backup')
     os.mkdir(directory, 0o700)
     if qemu_owner:
         os.chown(directory, *qemu_owner)
     socket_path = os.path.join(directory, 'nbd.sock')
+    targets = [disk.target for disk in disks]
     with freeze():
-        guest.backup_begin(disk.target, socket_path,
-                           os.path.join(directory, 'scratch.qcow2'))
-    LOG.debug('Disk %(disk)s exported over NBD at %(socket)s',
-              {'disk': disk.target, 'socket': socket_path},
+        guest.backup_begin(targets, socket_path, directory)
+    LOG.debug('Disks %(disks)s exported over NBD at %(socket)s',
+              {'disks': targets, 'socket': socket_path},
               instance_uuid=guest.uuid)
     try:
-        yield socket_path, disk.target
+        yield socket_path
     finally:
         guest.abort_job()
-        LOG.debug('Backup job of %(disk)s ended', {'disk': disk.target},
+        LOG.debug('Backup job of %(disks)s ended', {'disks': targets},
                   instance_uuid=guest.uuid)
+
+
+def views(disks: List[guest_mod.Disk], socket_path: str,
+          started: datetime.datetime,
+          captured: datetime.datetime) -> List[base.DiskView]:
+    return [base.DiskView(started_at=started, captured_at=captured,
+                          nbd_socket=socket_path, nbd_export=disk.target)
+            for disk in disks]
 
 
 class BackupCapture(base.Capture):
@@ -66,24 +74,24 @@ class BackupCapture(base.Capture):
     def exports_nbd(self, state: str) -> bool:
         return True
 
-    def scratch_bytes(self, chain: List[qemu_img.ImageInfo]) -> int:
-        # The scratch file only receives blocks the guest overwrites while
-        # the export is read; at worst, the guest rewrites its top layer.
-        return chain[0].actual_size
+    def scratch_bytes(self, chains: List[base.Chain]) -> int:
+        # A scratch file only receives blocks the guest overwrites while
+        # the export is read; at worst, the guest rewrites its top layers.
+        return sum(chain[0].actual_size for chain in chains)
 
     @contextlib.contextmanager
-    def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
-                chain: List[qemu_img.ImageInfo], workdir: str,
+    def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
+                chains: List[base.Chain], workdir: str,
                 freeze: base.Freeze = contextlib.nullcontext
-                ) -> Iterator[base.DiskView]:
+                ) -> Iterator[List[base.DiskView]]:
         started = base.utcnow()
-        with nbd_export(guest, disk, workdir, self.qemu_owner,
-                        freeze) as (sock, name):
+        with nbd_export(guest, disks, workdir, self.qemu_owner,
+                        freeze) as sock:
             captured = base.utcnow()
-            LOG.info('Disk %(disk)s of guest %(name)s frozen in time for '
+            LOG.info('Disks %(disks)s of guest %(name)s frozen in time for '
                      'a live snapshot in %(secs).3f s',
-                     {'disk': disk.target, 'name': guest.name,
+                     {'disks': ', '.join(d.target for d in disks),
+                      'name': guest.name,
                       'secs': (captured - started).total_seconds()},
                      instance_uuid=guest.uuid)
-            yield base.DiskView(started_at=started, captured_at=captured,
-                                nbd_socket=sock, nbd_export=name)
+            yield views(disks, sock, started, captured)

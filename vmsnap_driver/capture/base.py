@@ -38,6 +38,7 @@ class DiskView:
 
 
 Freeze = Callable[[], ContextManager[None]]
+Chain = List[qemu_img.ImageInfo]
 
 
 def utcnow() -> datetime.datetime:
@@ -60,17 +61,17 @@ class Capture(abc.ABC):
         return False
 
     @abc.abstractmethod
-    def scratch_bytes(self, chain: List[qemu_img.ImageInfo]) -> int:
-        """Bytes the capture writes to the workspace besides the image."""
+    def scratch_bytes(self, chains: List[Chain]) -> int:
+        """Bytes the capture writes to the workspace besides the images."""
 
     @abc.abstractmethod
-    def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
-                chain: List[qemu_img.ImageInfo], workdir: str,
+    def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
+                chains: List[Chain], workdir: str,
                 freeze: Freeze = contextlib.nullcontext
-                ) -> ContextManager[DiskView]:
-        """Capture ``disk``; a context manager yielding a :class:`DiskView`.
+                ) -> ContextManager[List[DiskView]]:
+        """Capture ``disks`` at one instant; yield a view of each, in order.
 
-        ``freeze()`` wraps the single step that fixes the disk's content in
+        ``freeze()`` wraps the single step that fixes the disks' content in
         time (it freezes the guest's filesystems when asked to).  On exit,
         normal or not, the guest must be in the state it had before and
         nothing the capture created may remain outside ``workdir``.

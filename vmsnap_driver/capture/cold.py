@@ -21,7 +21,6 @@ from vmsnap_driver.capture import backup
 from vmsnap_driver.capture import base
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
-from vmsnap_driver import qemu_img
 
 LOG = logging.getLogger(__name__)
 
@@ -45,21 +44,27 @@ class ManagedSaveCapture(base.Capture):
     def exports_nbd(self, state: str) -> bool:
         return self.use_backup and state in guest_mod.ACTIVE_STATES
 
-    def scratch_bytes(self, chain: List[qemu_img.ImageInfo]) -> int:
-        return chain[0].actual_size if self.use_backup else 0
+    def scratch_bytes(self, chains: List[base.Chain]) -> int:
+        if not self.use_backup:
+            return 0
+        return sum(chain[0].actual_size for chain in chains)
 
     @contextlib.contextmanager
-    def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
-                chain: List[qemu_img.ImageInfo], workdir: str,
+    def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
+                chains: List[base.Chain], workdir: str,
                 freeze: base.Freeze = contextlib.nullcontext
-                ) -> Iterator[base.DiskView]:
+                ) -> Iterator[List[base.DiskView]]:
         # A saved guest is not frozen: quiesce.plan never asks a cold
         # capture to freeze.
         state = guest.state()
         started = base.utcnow()
+
+        def files(captured):
+            return [base.DiskView(path=d.path, format=d.format,
+                                  started_at=started, captured_at=captured)
+                    for d in disks]
         if state == guest_mod.SHUTOFF:
-            yield base.DiskView(path=disk.path, format=disk.format,
-                                started_at=started, captured_at=started)
+            yield files(started)
             return
         guest.managed_save(paused=(state == guest_mod.PAUSED))
         captured = base.utcnow()
@@ -69,8 +74,7 @@ class ManagedSaveCapture(base.Capture):
                  instance_uuid=guest.uuid)
         if not self.use_backup:
             try:
-                yield base.DiskView(path=disk.path, format=disk.format,
-                                    started_at=started, captured_at=captured)
+                yield files(captured)
             finally:
                 _restore(guest, state, guest.launch)
             return
@@ -78,13 +82,12 @@ class ManagedSaveCapture(base.Capture):
         _restore(guest, state, guest.launch_paused)
         resumed = state != guest_mod.RUNNING
         try:
-            with backup.nbd_export(guest, disk, workdir,
-                                   self.qemu_owner) as (sock, name):
+            with backup.nbd_export(guest, disks, workdir,
+                                   self.qemu_owner) as sock:
                 if not resumed:
                     _resume(guest, state)
                     resumed = True
-                yield base.DiskView(started_at=started, captured_at=captured,
-                                    nbd_socket=sock, nbd_export=name)
+                yield backup.views(disks, sock, started, captured)
         finally:
             if not resumed:
                 _resume(guest, state)

@@ -44,17 +44,23 @@ class BlockCopyCapture(base.Capture):
         return cls(timeout=conf.libvirt.block_job_timeout,
                    bandwidth_mib=conf.libvirt.block_copy_bandwidth)
 
-    def scratch_bytes(self, chain: List[qemu_img.ImageInfo]) -> int:
+    def scratch_bytes(self, chains: List[base.Chain]) -> int:
         # The copy holds the top layer's data: all of it for a disk without
         # a backing file.
-        return chain[0].actual_size
+        return sum(chain[0].actual_size for chain in chains)
 
     @contextlib.contextmanager
-    def capture(self, guest: guest_mod.Guest, disk: guest_mod.Disk,
-                chain: List[qemu_img.ImageInfo], workdir: str,
+    def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
+                chains: List[base.Chain], workdir: str,
                 freeze: base.Freeze = contextlib.nullcontext
-                ) -> Iterator[base.DiskView]:
-        top = chain[0]
+                ) -> Iterator[List[base.DiskView]]:
+        if len(disks) != 1:
+            # Block jobs end one by one: several disks would not be
+            # captured at one instant (decide.choose never asks this).
+            raise exception.SnapshotUnsupported(
+                mode='live', instance_uuid=guest.uuid,
+                reason='a block copy captures one disk at a time')
+        disk, top = disks[0], chains[0][0]
         copy = os.path.join(workdir, 'copy.qcow2')
         qemu_img.create_overlay(copy, top.virtual_size, top.backing_file,
                                 top.backing_format)
@@ -74,8 +80,8 @@ class BlockCopyCapture(base.Capture):
                  {'disk': disk.target, 'name': guest.name,
                   'secs': (captured - started).total_seconds()},
                  instance_uuid=guest.uuid)
-        yield base.DiskView(started_at=started, captured_at=captured,
-                            path=copy, format='qcow2')
+        yield [base.DiskView(started_at=started, captured_at=captured,
+                             path=copy, format='qcow2')]
 
     def _wait_in_sync(self, guest: guest_mod.Guest,
                       disk: guest_mod.Disk) -> None:

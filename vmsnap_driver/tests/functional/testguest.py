@@ -45,9 +45,15 @@ echo "VMSNAP-BOOT $(cat /proc/sys/kernel/random/boot_id)"
 %(workload)s
 """
 
-# Mount the disk, write a known file, then rewrite and fsync a counter.
-WRITER = r"""mkdir -p /mnt
+# Mount the disk, write a known file, then rewrite and fsync a counter (on
+# every disk, in one loop, when the guest has a second one).
+WRITER = r"""mkdir -p /mnt /mnt2
 mount -t ext4 /dev/vda /mnt || { echo VMSNAP-MOUNT-FAILED; poweroff -f; }
+COUNTERS=/mnt/counter
+if [ -b /dev/vdb ]; then
+    mount -t ext4 /dev/vdb /mnt2 || { echo VMSNAP-MOUNT-FAILED; poweroff -f; }
+    COUNTERS="$COUNTERS /mnt2/counter"
+fi
 cp /boot.bin /mnt/boot.bin
 sync /mnt/boot.bin
 sync
@@ -55,10 +61,9 @@ echo VMSNAP-READY
 n=0
 while true; do
     n=$((n + 1))
-    echo $n > /mnt/counter
-    sync /mnt/counter
+    for c in $COUNTERS; do echo $n > $c; sync $c; done
     echo "VMSNAP-COUNTER $n"
-    sleep 0.5
+    sleep %(period)s
 done"""
 
 # qemu-guest-agent on its virtio-serial port, so that libvirt can freeze
@@ -81,6 +86,13 @@ while true; do
     echo "VMSNAP-COUNTER $n"
     sleep 0.5
 done"""
+
+SECOND_DISK = """    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='%s'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+"""
 
 AGENT_CHANNEL = """    <channel type='unix'>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
@@ -108,7 +120,7 @@ DOMAIN_XML = """<domain type='qemu'>
       <source file='%(disk)s'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <serial type='file'>
+%(second_disk)s    <serial type='file'>
       <source path='%(console)s' append='on'/>
       <target port='0'/>
     </serial>
@@ -262,12 +274,16 @@ class TestGuest:
     def __init__(self, conn: libvirt.virConnect, workdir: str,
                  disk_format: str = 'qcow2', backing: bool = True,
                  name: Optional[str] = None,
-                 disk: Optional[dict] = None, agent: bool = False) -> None:
+                 disk: Optional[dict] = None, agent: bool = False,
+                 second_disk: bool = False, period: float = 0.5) -> None:
         """A guest that writes to an ext4 disk of its own.
 
         :param disk: use this prebuilt disk (``path``, ``format``) instead;
             the guest then leaves it untouched.
         :param agent: run qemu-guest-agent on a virtio-serial channel.
+        :param second_disk: give the guest a second ext4 disk (vdb), where
+            it writes the same counter as on the first.
+        :param period: seconds between two counter values.
         """
         self.conn = conn
         self.workdir = workdir
@@ -281,16 +297,25 @@ class TestGuest:
         kit = guest_kit()
         self.initrd = os.path.join(workdir, 'initrd.img')
         build_initramfs(kit, self.initrd, self.boot_data,
-                        WRITER if disk is None else IDLE, agent=agent)
+                        WRITER % {'period': period} if disk is None
+                        else IDLE, agent=agent)
         self.disk = disk or make_disk(workdir, self.base_data, disk_format,
                                       backing=backing)
         self.console = os.path.join(workdir, 'console.log')
+        self.second_disk = None
+        if second_disk:
+            os.makedirs(os.path.join(workdir, 'vdb'), mode=0o755)
+            self.second_disk = make_disk(os.path.join(workdir, 'vdb'),
+                                         b'', 'qcow2', size_mb=32,
+                                         backing=False)
         xml = DOMAIN_XML % {
             'name': saxutils.escape(self.name), 'uuid': self.uuid,
             'kernel': kit['kernel'], 'initrd': self.initrd,
             'disk': self.disk['path'], 'disk_format': self.disk['format'],
             'console': self.console,
-            'channel': AGENT_CHANNEL if agent else ''}
+            'channel': AGENT_CHANNEL if agent else '',
+            'second_disk': (SECOND_DISK % self.second_disk['path']
+                            if second_disk else '')}
         self.dom = conn.defineXML(xml)
 
     # -- lifecycle -------------------------------------------------------

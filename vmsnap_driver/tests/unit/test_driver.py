@@ -45,15 +45,16 @@ def steps(tmp_path):
             return 0
 
         @contextlib.contextmanager
-        def capture(self, guest, disk, chain, workdir, freeze):
+        def capture(self, guest, disks, chains, workdir, freeze):
             log.append('capture')
             with freeze():
                 log.append('point in time')
-            yield base.DiskView(NOW, NOW, path='/copy', format='qcow2')
+            yield [base.DiskView(NOW, NOW, path='/copy', format='qcow2')]
             log.append('release')
 
     images = mock.Mock()
-    images.check_queued.side_effect = lambda i: log.append('check image')
+    images.check_queued.side_effect = lambda i: log.append(
+        'check image') or {'id': i, 'name': 'snap'}
     images.upload_file.side_effect = lambda *a: log.append('upload')
     with mock.patch.object(host_mod.Host, 'get_guest', return_value=guest), \
             mock.patch.object(host_mod.Host, 'capabilities', return_value=(

@@ -108,7 +108,9 @@ def test_prefetcher_passes_errors_and_skips_empty_chunks():
         yield b'cd'
         raise IOError('disk gone')
     body = image_stream.Prefetcher(chunks(), 4, depth=1)
-    assert body.read(1) + body.read(5) + body.read(5) == b'abcd'
+    # A short read hands over the whole buffered piece.
+    assert body.read(1) == b'ab'
+    assert body.read(5) == b'cd'
     with pytest.raises(IOError):
         body.read(5)
     body.close()
