@@ -6,6 +6,7 @@ Each step lives in its own module; this one only sequences them and reports
 task states the way Nova's libvirt driver does.
 """
 
+import dataclasses
 import os
 import uuid as uuidlib
 from typing import Any, Callable, Optional
@@ -68,9 +69,26 @@ class LibvirtDriver:
 
     def _snapshot(self, instance: Any, image_id: str,
                   update_task_state: TaskStateCallback) -> None:
+        plan = self._plan(instance, image_id)
+        group = _ImageGroup(self._images, plan.image, plan.disks,
+                            instance.uuid)
+        try:
+            update_task_state(task_state=IMAGE_PENDING_UPLOAD)
+            with workspace.workspace(
+                    self._conf.libvirt.snapshots_directory,
+                    plan.space_needed()) as workdir:
+                self._capture_and_upload(instance, plan, group, workdir,
+                                         update_task_state)
+        except Exception:
+            group.delete_created()
+            raise
+        LOG.info('Snapshot image %(image)s is active%(others)s',
+                 {'image': image_id, 'others': group.describe_others()},
+                 instance_uuid=instance.uuid)
+
+    def _plan(self, instance: Any, image_id: str) -> '_Plan':
+        """Everything decided before the guest is touched; fails early."""
         libvirt_conf = self._conf.libvirt
-        image_format = libvirt_conf.snapshot_image_format
-        compress = libvirt_conf.snapshot_compression
         guest = self._host.get_guest(instance.uuid)
         image = self._images.check_queued(image_id)
         disks = (guest.writable_file_disks()
@@ -86,72 +104,58 @@ class LibvirtDriver:
                                 state, decision.mode),
             libvirt_conf.quiesce_timeout)
         strategy = capture.get(decision.mode, self._conf, caps)
-        targets = [disk.target for disk in disks]
         LOG.info('Taking a %(mode)s snapshot (%(method)s) of %(disks)s into '
                  'image %(image)s: %(reason)s',
                  {'mode': decision.mode, 'method': strategy.method,
-                  'disks': ', '.join(targets), 'image': image_id,
-                  'reason': decision.reason},
+                  'disks': ', '.join(d.target for d in disks),
+                  'image': image_id, 'reason': decision.reason},
                  instance_uuid=instance.uuid)
-        # -U: a running QEMU holds the disks open.
-        chains = [qemu_img.info(disk.path, disk.format, force_share=True)
-                  for disk in disks]
-        streamed = strategy.exports_nbd(state) and not (
-            compress and image_format == 'qcow2')
-        needed = strategy.scratch_bytes(chains) + (
-            0 if streamed else sum(_flat_size(chain) for chain in chains))
+        compress = (libvirt_conf.snapshot_compression
+                    and libvirt_conf.snapshot_image_format == 'qcow2')
+        return _Plan(
+            guest=guest, image=image, disks=disks, caps=caps,
+            decision=decision, freezer=freezer, strategy=strategy,
+            # -U: a running QEMU holds the disks open.
+            chains=[qemu_img.info(d.path, d.format, force_share=True)
+                    for d in disks],
+            image_format=libvirt_conf.snapshot_image_format,
+            compress=compress,
+            streamed=strategy.exports_nbd(state) and not compress)
 
-        group = _ImageGroup(self._images, image, disks, instance.uuid)
-        try:
-            update_task_state(task_state=IMAGE_PENDING_UPLOAD)
-            with workspace.workspace(libvirt_conf.snapshots_directory,
-                                     needed) as workdir:
-                flats = []
-                with strategy.capture(guest, disks, chains, workdir,
-                                      freezer.frozen) as views:
-                    if streamed:
-                        update_task_state(
-                            task_state=IMAGE_UPLOADING,
-                            expected_state=IMAGE_PENDING_UPLOAD)
-                    for disk, view in zip(disks, views):
-                        properties = group.properties(
-                            disk, image_properties.snapshot_properties(
-                                instance, image_properties.CaptureRecord(
-                                    mode=decision.mode,
-                                    reason=decision.reason,
-                                    method=strategy.method, disk=disk,
-                                    started_at=view.started_at,
-                                    captured_at=view.captured_at,
-                                    libvirt_version=_version(
-                                        caps.libvirt_version),
-                                    qemu_version=_version(
-                                        caps.hypervisor_version),
-                                    consistency=freezer.level,
-                                    freeze_seconds=freezer.seconds,
-                                    disks=targets)))
-                        if streamed:
-                            self._upload_export(group.image_id(disk), view,
-                                                image_format, properties)
-                        else:
-                            flat = os.path.join(workdir, '%s.%s' % (
-                                disk.target, image_format))
-                            _flatten(view, flat, image_format, compress)
-                            flats.append((disk, flat, properties))
-                if flats:
-                    update_task_state(task_state=IMAGE_UPLOADING,
-                                      expected_state=IMAGE_PENDING_UPLOAD)
-                for disk, flat, properties in flats:
-                    properties[DIGEST_PROPERTY] = _file_digest(flat,
-                                                               image_format)
-                    self._images.upload_file(group.image_id(disk), flat,
-                                             image_format, properties)
-        except Exception:
-            group.delete_created()
-            raise
-        LOG.info('Snapshot image %(image)s is active%(others)s',
-                 {'image': image_id,
-                  'others': group.describe_others()},
-                 instance_uuid=instance.uuid)
+    def _capture_and_upload(self, instance: Any, plan: '_Plan',
+                            group: '_ImageGroup', workdir: str,
+                            update_task_state: TaskStateCallback) -> None:
+        """Stream each disk into its image, or flatten then upload it.
+
+        A stream is read while the capture holds the disks still; a file is
+        uploaded once the capture has let the guest go.
+        """
+        fmt = plan.image_format
+        flats = []
+        with plan.strategy.capture(plan.guest, plan.disks, plan.chains,
+                                   workdir, plan.freezer.frozen) as views:
+            if plan.streamed:
+                update_task_state(task_state=IMAGE_UPLOADING,
+                                  expected_state=IMAGE_PENDING_UPLOAD)
+            for disk, view in zip(plan.disks, views):
+                properties = group.properties(
+                    disk, image_properties.snapshot_properties(
+                        instance, plan.record(disk, view)))
+                if plan.streamed:
+                    self._upload_export(group.image_id(disk), view, fmt,
+                                        properties)
+                else:
+                    flat = os.path.join(workdir, '%s.%s' % (disk.target,
+                                                            fmt))
+                    _flatten(view, flat, fmt, plan.compress)
+                    flats.append((disk, flat, properties))
+        if flats:
+            update_task_state(task_state=IMAGE_UPLOADING,
+                              expected_state=IMAGE_PENDING_UPLOAD)
+        for disk, flat, properties in flats:
+            properties[DIGEST_PROPERTY] = _file_digest(flat, fmt)
+            self._images.upload_file(group.image_id(disk), flat, fmt,
+                                     properties)
 
     def _upload_export(self, image_id: str, view: capture_base.DiskView,
                        image_format: str, properties: dict) -> None:
@@ -172,6 +176,40 @@ class LibvirtDriver:
                 body.close()
         self._images.set_properties(
             image_id, {DIGEST_PROPERTY: content.hexdigest()})
+
+
+@dataclasses.dataclass
+class _Plan:
+    """How one snapshot will be taken."""
+
+    guest: Any
+    image: dict
+    disks: list
+    caps: Any
+    decision: decide.Decision
+    freezer: quiesce.Freezer
+    strategy: capture_base.Capture
+    chains: list
+    image_format: str
+    compress: bool
+    streamed: bool
+
+    def space_needed(self) -> int:
+        flat = 0 if self.streamed else sum(_flat_size(c)
+                                           for c in self.chains)
+        return self.strategy.scratch_bytes(self.chains) + flat
+
+    def record(self, disk: Any, view: capture_base.DiskView
+               ) -> image_properties.CaptureRecord:
+        return image_properties.CaptureRecord(
+            mode=self.decision.mode, reason=self.decision.reason,
+            method=self.strategy.method, disk=disk,
+            started_at=view.started_at, captured_at=view.captured_at,
+            libvirt_version=_version(self.caps.libvirt_version),
+            qemu_version=_version(self.caps.hypervisor_version),
+            consistency=self.freezer.level,
+            freeze_seconds=self.freezer.seconds,
+            disks=tuple(d.target for d in self.disks))
 
 
 class _ImageGroup:
