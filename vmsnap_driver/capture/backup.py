@@ -77,7 +77,7 @@ class BackupCapture(base.Capture):
     def scratch_bytes(self, chains: List[base.Chain]) -> int:
         # A scratch file only receives blocks the guest overwrites while
         # the export is read; at worst, the guest rewrites its top layers.
-        return sum(chain[0].actual_size for chain in chains)
+        return base.top_layers_bytes(chains)
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],

@@ -41,6 +41,11 @@ Freeze = Callable[[], ContextManager[None]]
 Chain = List[qemu_img.ImageInfo]
 
 
+def top_layers_bytes(chains: List[Chain]) -> int:
+    """Data in the disks' top layers: the most a copy of them can hold."""
+    return sum(chain[0].actual_size for chain in chains)
+
+
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 

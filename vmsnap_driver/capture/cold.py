@@ -47,7 +47,7 @@ class ManagedSaveCapture(base.Capture):
     def scratch_bytes(self, chains: List[base.Chain]) -> int:
         if not self.use_backup:
             return 0
-        return sum(chain[0].actual_size for chain in chains)
+        return base.top_layers_bytes(chains)
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],

@@ -47,7 +47,7 @@ class BlockCopyCapture(base.Capture):
     def scratch_bytes(self, chains: List[base.Chain]) -> int:
         # The copy holds the top layer's data: all of it for a disk without
         # a backing file.
-        return sum(chain[0].actual_size for chain in chains)
+        return base.top_layers_bytes(chains)
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],

@@ -4,6 +4,7 @@ It reads the same configuration as the service (``--config-file``) to
 reach Glance.
 """
 
+import os
 import sys
 from typing import List, Optional
 
@@ -35,7 +36,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     config.parse_args(sys.argv[1:] if argv is None else argv)
     images = glance.ImageService(CONF)
     try:
+        # The download is a full image: put it where snapshots go, which
+        # the operator sized for that.
+        os.makedirs(CONF.libvirt.snapshots_directory, mode=0o711,
+                    exist_ok=True)
         verdict = verify.verify(images, CONF.command.image_id,
+                                workdir=CONF.libvirt.snapshots_directory,
                                 show_progress=not CONF.command.no_progress)
     except exception.VmsnapException as e:
         print('ERROR: %s' % e, file=sys.stderr)
