@@ -14,6 +14,7 @@ from oslo_config import cfg
 from oslo_log import log
 
 import vmsnap_driver
+from vmsnap_driver import snapshot_options
 
 CONF = cfg.CONF
 
@@ -39,104 +40,8 @@ libvirt_group = cfg.OptGroup(
     'libvirt', title='libvirt options',
     help='How vmsnap reaches the hypervisor and takes snapshots.')
 
-libvirt_opts = [
-    cfg.StrOpt('connection_uri',
-               default='qemu:///system',
-               help='libvirt connection URI of the local hypervisor.'),
-    cfg.StrOpt('snapshot_mode',
-               default='auto',
-               choices=[
-                   ('auto', 'Live when libvirt and QEMU on this host can '
-                            'copy this disk while the guest runs, else '
-                            'cold. The choice and its reason are logged.'),
-                   ('live', 'Always copy the disk while the guest runs '
-                            '(block copy); fail when that is impossible, '
-                            'e.g. for a shut-off guest.'),
-                   ('cold', 'Save the guest\'s memory (managedsave), '
-                            'capture the disk, restore the guest. A '
-                            'shut-off guest is captured without starting '
-                            'it.'),
-               ],
-               help='How the guest\'s disk is captured.'),
-    cfg.StrOpt('snapshots_directory',
-               default='$state_path/snapshots',
-               help='Directory for temporary snapshot files. It must be on '
-                    'a filesystem with room for a full copy of the disk, '
-                    'and every directory on its path must be searchable '
-                    '(o+x) by the user QEMU runs as.'),
-    cfg.StrOpt('snapshot_image_format',
-               default='qcow2',
-               choices=[
-                   ('qcow2', 'Sparse, optionally compressed; what Nova '
-                             'uploads for qcow2-backed instances.'),
-                   ('raw', 'Plain disk bytes: larger uploads, no '
-                           'conversion when booted from Ceph or LVM.'),
-               ],
-               help='Disk format of the image uploaded to Glance.'),
-    cfg.BoolOpt('snapshot_compression',
-                default=False,
-                help='Compress qcow2 snapshot images (qemu-img convert -c). '
-                     'Smaller uploads, more CPU time. Ignored for raw.'),
-    cfg.StrOpt('snapshot_disks',
-               default='root',
-               choices=[
-                   ('root', 'Only the first disk, into the requested image '
-                            '(what Nova does).'),
-                   ('all', 'Every writable file-backed disk, all at the '
-                           'same instant: the first into the requested '
-                           'image, each other one into an image vmsnap '
-                           'creates, all linked by vmsnap_group_* '
-                           'properties.'),
-               ],
-               help='Which of the guest\'s disks a snapshot captures.'),
-    cfg.StrOpt('quiesce',
-               default='auto',
-               choices=[
-                   ('auto', 'Freeze the guest\'s filesystems through its '
-                            'QEMU guest agent when it has an agent channel '
-                            'or its image says hw_qemu_guest_agent=yes; if '
-                            'the agent does not answer, take a '
-                            'crash-consistent snapshot and say so.'),
-                   ('required', 'Fail the snapshot, before touching the '
-                                'guest, when its filesystems cannot be '
-                                'frozen (as the image property '
-                                'os_require_quiesce=yes does).'),
-                   ('off', 'Never freeze: crash-consistent snapshots.'),
-               ],
-               help='Whether live snapshots freeze the guest\'s filesystems '
-                    'at the instant of capture (only then: never during '
-                    'the copy).'),
-    cfg.IntOpt('quiesce_timeout',
-               default=10,
-               min=1,
-               help='Seconds the guest agent may take to freeze or thaw '
-                    'the filesystems; a hung agent fails the freeze '
-                    'instead of hanging the snapshot, and a thaw is always '
-                    'sent.'),
-    cfg.BoolOpt('use_backup_api',
-                default=True,
-                help='Use libvirt\'s backup API (pull mode) when the host '
-                     'supports it: the disk is frozen in time in '
-                     'milliseconds and read once, straight into Glance, '
-                     'with no copy on the host\'s disks; a cold snapshot '
-                     'resumes the guest before its disk is read. When off, '
-                     'or when libvirt lacks it, live snapshots block-copy '
-                     'the disk first and cold ones keep the guest stopped '
-                     'while its disk is read.'),
-    cfg.IntOpt('block_job_timeout',
-               default=600,
-               min=1,
-               help='Seconds a live block copy may take to reach the '
-                    'mirroring phase before the snapshot is abandoned '
-                    '(the copy is cancelled and the guest keeps its '
-                    'disk).'),
-    cfg.IntOpt('block_copy_bandwidth',
-               default=0,
-               min=0,
-               help='Limit, in MiB/s, on the live block copy so that a '
-                    'snapshot does not starve the guest\'s own I/O. '
-                    '0 means no limit.'),
-]
+libvirt_opts = [snapshot_options.CONNECTION_URI] + (
+    snapshot_options.snapshot_opts)
 
 api_group = cfg.OptGroup(
     'api', title='vmsnap-compute API options',

@@ -1,48 +1,23 @@
-"""The compute driver: snapshot orchestration, one step per line.
+"""vmsnap's compute driver: Nova's ``snapshot()`` contract, vmsnap's engine.
 
-The data path reads top to bottom in :meth:`LibvirtDriver.snapshot`: find
-the guest and the image, decide how to capture, capture, flatten, upload.
-Each step lives in its own module; this one only sequences them and reports
-task states the way Nova's libvirt driver does.
+Loaded by a compute service through the ``vmsnap.compute_drivers``
+stevedore namespace (entry point ``libvirt``); the work is done by
+:mod:`vmsnap_driver.engine`.
 """
 
-import dataclasses
-import os
-import uuid as uuidlib
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from oslo_concurrency import lockutils
 from oslo_config import cfg
-from oslo_log import log as logging
 
-from vmsnap_driver import capture
-from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import config
-from vmsnap_driver import decide
-from vmsnap_driver import digest
+from vmsnap_driver import engine
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
-from vmsnap_driver import image_properties
-from vmsnap_driver import image_stream
-from vmsnap_driver import nbd
-from vmsnap_driver import qemu_img
-from vmsnap_driver import qemu_nbd
-from vmsnap_driver import quiesce
-from vmsnap_driver import workspace
 
-LOG = logging.getLogger(__name__)
-
-# Nova's task states, as its compute manager expects them.
-IMAGE_PENDING_UPLOAD = 'image_pending_upload'
-IMAGE_UPLOADING = 'image_uploading'
-
-DIGEST_PROPERTY = 'vmsnap_content_sha256'
-
-TaskStateCallback = Callable[..., None]
-
-
-def _no_task_state(task_state: str, expected_state: Optional[str] = None):
-    pass
+# Kept here too: callers know them from the driver, as in Nova.
+IMAGE_PENDING_UPLOAD = engine.IMAGE_PENDING_UPLOAD
+IMAGE_UPLOADING = engine.IMAGE_UPLOADING
 
 
 class LibvirtDriver:
@@ -51,243 +26,19 @@ class LibvirtDriver:
     def __init__(self, virtapi: Any = None,
                  conf: cfg.ConfigOpts = config.CONF) -> None:
         self.virtapi = virtapi
-        self._conf = conf
-        self._host = host_mod.Host(conf.libvirt.connection_uri)
+        self._engine = engine.SnapshotEngine(
+            host_mod.Host(conf.libvirt.connection_uri), conf.libvirt)
         self._images = glance.ImageService(conf)
 
     def snapshot(self, context: Any, instance: Any, image_id: str,
-                 update_task_state: Optional[TaskStateCallback] = None
-                 ) -> None:
-        """Capture the instance's root disk into the queued image.
+                 update_task_state: Optional[
+                     engine.TaskStateCallback] = None) -> None:
+        """Capture the instance's disks into the queued image.
 
         Only one snapshot of an instance runs at a time; others wait.
         """
-        update_task_state = update_task_state or _no_task_state
         with lockutils.lock('vmsnap-snapshot-%s' % instance.uuid,
                             external=True):
-            self._snapshot(instance, image_id, update_task_state)
-
-    def _snapshot(self, instance: Any, image_id: str,
-                  update_task_state: TaskStateCallback) -> None:
-        plan = self._plan(instance, image_id)
-        group = _ImageGroup(self._images, plan.image, plan.disks,
-                            instance.uuid)
-        try:
-            update_task_state(task_state=IMAGE_PENDING_UPLOAD)
-            with workspace.workspace(
-                    self._conf.libvirt.snapshots_directory,
-                    plan.space_needed()) as workdir:
-                self._capture_and_upload(instance, plan, group, workdir,
-                                         update_task_state)
-        except Exception:
-            group.delete_created()
-            raise
-        LOG.info('Snapshot image %(image)s is active%(others)s',
-                 {'image': image_id, 'others': group.describe_others()},
-                 instance_uuid=instance.uuid)
-
-    def _plan(self, instance: Any, image_id: str) -> '_Plan':
-        """Everything decided before the guest is touched; fails early."""
-        libvirt_conf = self._conf.libvirt
-        guest = self._host.get_guest(instance.uuid)
-        image = self._images.check_queued(image_id)
-        disks = (guest.writable_file_disks()
-                 if libvirt_conf.snapshot_disks == 'all'
-                 else [guest.root_disk()])
-        state = guest.state()
-        caps = self._host.capabilities(guest.virt_type())
-        decision = decide.choose(
-            libvirt_conf.snapshot_mode, caps, state, disks, instance.uuid,
-            backup=libvirt_conf.use_backup_api and caps.backup)
-        freezer = quiesce.Freezer(
-            guest, quiesce.plan(libvirt_conf.quiesce, instance, guest,
-                                state, decision.mode),
-            libvirt_conf.quiesce_timeout)
-        strategy = capture.get(decision.mode, self._conf, caps)
-        LOG.info('Taking a %(mode)s snapshot (%(method)s) of %(disks)s into '
-                 'image %(image)s: %(reason)s',
-                 {'mode': decision.mode, 'method': strategy.method,
-                  'disks': ', '.join(d.target for d in disks),
-                  'image': image_id, 'reason': decision.reason},
-                 instance_uuid=instance.uuid)
-        compress = (libvirt_conf.snapshot_compression
-                    and libvirt_conf.snapshot_image_format == 'qcow2')
-        return _Plan(
-            guest=guest, image=image, disks=disks, caps=caps,
-            decision=decision, freezer=freezer, strategy=strategy,
-            # -U: a running QEMU holds the disks open.
-            chains=[qemu_img.info(d.path, d.format, force_share=True)
-                    for d in disks],
-            image_format=libvirt_conf.snapshot_image_format,
-            compress=compress,
-            streamed=strategy.exports_nbd(state) and not compress)
-
-    def _capture_and_upload(self, instance: Any, plan: '_Plan',
-                            group: '_ImageGroup', workdir: str,
-                            update_task_state: TaskStateCallback) -> None:
-        """Stream each disk into its image, or flatten then upload it.
-
-        A stream is read while the capture holds the disks still; a file is
-        uploaded once the capture has let the guest go.
-        """
-        fmt = plan.image_format
-        flats = []
-        with plan.strategy.capture(plan.guest, plan.disks, plan.chains,
-                                   workdir, plan.freezer.frozen) as views:
-            if plan.streamed:
-                update_task_state(task_state=IMAGE_UPLOADING,
-                                  expected_state=IMAGE_PENDING_UPLOAD)
-            for disk, view in zip(plan.disks, views):
-                properties = group.properties(
-                    disk, image_properties.snapshot_properties(
-                        instance, plan.record(disk, view)))
-                if plan.streamed:
-                    self._upload_export(group.image_id(disk), view, fmt,
-                                        properties)
-                else:
-                    flat = os.path.join(workdir, '%s.%s' % (disk.target,
-                                                            fmt))
-                    _flatten(view, flat, fmt, plan.compress)
-                    flats.append((disk, flat, properties))
-        if flats:
-            update_task_state(task_state=IMAGE_UPLOADING,
-                              expected_state=IMAGE_PENDING_UPLOAD)
-        for disk, flat, properties in flats:
-            properties[DIGEST_PROPERTY] = _file_digest(flat, fmt)
-            self._images.upload_file(group.image_id(disk), flat, fmt,
-                                     properties)
-
-    def _upload_export(self, image_id: str, view: capture_base.DiskView,
-                       image_format: str, properties: dict) -> None:
-        """Encode the export front to back, straight into Glance.
-
-        The content digest is computed as the data streams, so it is known
-        only once the upload is done: it is added to the image then.
-        """
-        with nbd.Client(view.nbd_socket, view.nbd_export) as client:
-            content = digest.ContentDigest(client.read, client.size)
-            encoded = image_stream.ENCODERS[image_format](
-                client.size, client.extents(), content.read)
-            body = image_stream.Prefetcher(encoded.chunks, encoded.size)
-            try:
-                self._images.upload(image_id, body, encoded.size,
-                                    image_format, properties)
-            finally:
-                body.close()
-        self._images.set_properties(
-            image_id, {DIGEST_PROPERTY: content.hexdigest()})
-
-
-@dataclasses.dataclass
-class _Plan:
-    """How one snapshot will be taken."""
-
-    guest: Any
-    image: dict
-    disks: list
-    caps: Any
-    decision: decide.Decision
-    freezer: quiesce.Freezer
-    strategy: capture_base.Capture
-    chains: list
-    image_format: str
-    compress: bool
-    streamed: bool
-
-    def space_needed(self) -> int:
-        flat = 0 if self.streamed else sum(_flat_size(c)
-                                           for c in self.chains)
-        return self.strategy.scratch_bytes(self.chains) + flat
-
-    def record(self, disk: Any, view: capture_base.DiskView
-               ) -> image_properties.CaptureRecord:
-        return image_properties.CaptureRecord(
-            mode=self.decision.mode, reason=self.decision.reason,
-            method=self.strategy.method, disk=disk,
-            started_at=view.started_at, captured_at=view.captured_at,
-            libvirt_version=_version(self.caps.libvirt_version),
-            qemu_version=_version(self.caps.hypervisor_version),
-            consistency=self.freezer.level,
-            freeze_seconds=self.freezer.seconds,
-            disks=tuple(d.target for d in self.disks))
-
-
-class _ImageGroup:
-    """The requested image for the boot disk, new ones for the others.
-
-    The images of one snapshot share a group id, each names its disk, and
-    the boot disk's image lists the others, so that they can be restored
-    together.  Images vmsnap created are deleted again if the snapshot
-    fails; the requested one belongs to the caller.
-    """
-
-    def __init__(self, images: glance.ImageService, root_image: dict,
-                 disks: list, instance_uuid: str) -> None:
-        self._images = images
-        self._ids = {disks[0].target: root_image['id']}
-        self._created = []
-        self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
-        try:
-            for disk in disks[1:]:
-                created = images.create(
-                    '%s (%s)' % (root_image.get('name') or 'snapshot',
-                                 disk.target),
-                    {'image_type': 'snapshot',
-                     'instance_uuid': instance_uuid})
-                self._created.append(created['id'])
-                self._ids[disk.target] = created['id']
-        except Exception:
-            self.delete_created()
-            raise
-
-    def image_id(self, disk: Any) -> str:
-        return self._ids[disk.target]
-
-    def properties(self, disk: Any, properties: dict) -> dict:
-        if self._group:
-            properties['vmsnap_group_id'] = self._group
-            properties['vmsnap_disk_target'] = disk.target
-            if self._ids[disk.target] not in self._created:
-                properties['vmsnap_group_images'] = ','.join(
-                    '%s=%s' % (target, image_id)
-                    for target, image_id in self._ids.items()
-                    if image_id in self._created)
-        return properties
-
-    def delete_created(self) -> None:
-        for image_id in self._created:
-            self._images.delete(image_id)
-        self._created = []
-
-    def describe_others(self) -> str:
-        if not self._created:
-            return ''
-        return ' (other disks: %s)' % ', '.join(
-            '%s=%s' % (t, i) for t, i in self._ids.items()
-            if i in self._created)
-
-
-def _file_digest(path: str, image_format: str) -> str:
-    with qemu_nbd.serve(path, image_format) as sock:
-        with nbd.Client(sock, qemu_nbd.EXPORT) as client:
-            return digest.of_export(client)
-
-
-def _version(version: tuple) -> str:
-    return '.'.join(str(part) for part in version)
-
-
-def _flatten(view: capture_base.DiskView, dest: str, image_format: str,
-             compress: bool) -> None:
-    if view.path:
-        qemu_img.convert(view.path, view.format, dest, image_format,
-                         compress=compress)
-    else:
-        qemu_img.convert_nbd(view.nbd_socket, view.nbd_export, dest,
-                             image_format, compress=compress)
-
-
-def _flat_size(chain: list) -> int:
-    """Upper bound of the flattened image: the data of every layer."""
-    return min(chain[0].virtual_size,
-               sum(layer.actual_size for layer in chain))
+            self._engine.take(instance, image_id,
+                              update_task_state or engine.no_task_state,
+                              self._images)

@@ -1,6 +1,6 @@
 """Capture strategies, picked from what :mod:`vmsnap_driver.decide` says."""
 
-from oslo_config import cfg
+from typing import Any
 
 from vmsnap_driver.capture import backup
 from vmsnap_driver.capture import base
@@ -9,11 +9,15 @@ from vmsnap_driver.capture import live
 from vmsnap_driver import host as host_mod
 
 
-def get(mode: str, conf: cfg.ConfigOpts,
+def get(mode: str, options: Any,
         caps: host_mod.Capabilities) -> base.Capture:
-    """The capture for ``mode`` ('live' or 'cold') on this host."""
+    """The capture for ``mode`` ('live' or 'cold') on this host.
+
+    :param options: the snapshot options group (``[libvirt]`` for vmsnap's
+        own service, ``[vmsnap]`` inside nova-compute).
+    """
     if mode == cold.ManagedSaveCapture.mode:
-        return cold.ManagedSaveCapture.from_conf(conf, caps)
-    if conf.libvirt.use_backup_api and caps.backup:
-        return backup.BackupCapture.from_conf(conf, caps)
-    return live.BlockCopyCapture.from_conf(conf, caps)
+        return cold.ManagedSaveCapture.from_conf(options, caps)
+    if options.use_backup_api and caps.backup:
+        return backup.BackupCapture.from_conf(options, caps)
+    return live.BlockCopyCapture.from_conf(options, caps)

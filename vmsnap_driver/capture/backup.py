@@ -11,9 +11,8 @@ export and the scratch file; the domain definition is never touched.
 import contextlib
 import datetime
 import os
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
-from oslo_config import cfg
 from oslo_log import log as logging
 
 from vmsnap_driver.capture import base
@@ -67,7 +66,7 @@ class BackupCapture(base.Capture):
         self.qemu_owner = qemu_owner
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts,
+    def from_conf(cls, options: Any,
                   caps: Optional[object] = None) -> 'BackupCapture':
         return cls(qemu_owner=getattr(caps, 'qemu_owner', None))
 

@@ -12,9 +12,8 @@ import abc
 import contextlib
 import dataclasses
 import datetime
-from typing import Callable, ContextManager, List, Optional
+from typing import Any, Callable, ContextManager, List, Optional
 
-from oslo_config import cfg
 
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import qemu_img
@@ -57,7 +56,7 @@ class Capture(abc.ABC):
     method: str
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts,
+    def from_conf(cls, options: Any,
                   caps: Optional[object] = None) -> 'Capture':
         return cls()
 

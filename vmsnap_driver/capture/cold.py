@@ -12,9 +12,8 @@ the save and the restore, whatever the size of the disk.
 """
 
 import contextlib
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
-from oslo_config import cfg
 from oslo_log import log as logging
 
 from vmsnap_driver.capture import backup
@@ -35,9 +34,9 @@ class ManagedSaveCapture(base.Capture):
         self.method = 'managedsave+backup' if use_backup else 'managedsave'
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts,
+    def from_conf(cls, options: Any,
                   caps: Optional[object] = None) -> 'ManagedSaveCapture':
-        return cls(use_backup=bool(conf.libvirt.use_backup_api
+        return cls(use_backup=bool(options.use_backup_api
                                    and getattr(caps, 'backup', False)),
                    qemu_owner=getattr(caps, 'qemu_owner', None))
 

@@ -11,9 +11,8 @@ never paused.
 import contextlib
 import os
 import time
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
-from oslo_config import cfg
 from oslo_log import log as logging
 
 from vmsnap_driver.capture import base
@@ -39,10 +38,10 @@ class BlockCopyCapture(base.Capture):
         self.bandwidth = bandwidth_mib * MIB
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts,
+    def from_conf(cls, options: Any,
                   caps: Optional[object] = None) -> 'BlockCopyCapture':
-        return cls(timeout=conf.libvirt.block_job_timeout,
-                   bandwidth_mib=conf.libvirt.block_copy_bandwidth)
+        return cls(timeout=options.block_job_timeout,
+                   bandwidth_mib=options.block_copy_bandwidth)
 
     def scratch_bytes(self, chains: List[base.Chain]) -> int:
         # The copy holds the top layer's data: all of it for a disk without

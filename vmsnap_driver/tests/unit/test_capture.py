@@ -101,9 +101,9 @@ def test_cold_restore_failure_says_how_to_recover():
 
 def test_factory_prefers_backup_api_when_host_has_it():
     conf = mock.Mock()
-    conf.libvirt.block_job_timeout = 7
-    conf.libvirt.block_copy_bandwidth = 0
-    conf.libvirt.use_backup_api = True
+    conf.block_job_timeout = 7
+    conf.block_copy_bandwidth = 0
+    conf.use_backup_api = True
     caps = mock.Mock(backup=True, qemu_owner=(1, 2))
     assert capture.get('live', conf, caps).method == 'backup'
     assert capture.get('cold', conf, caps).method == 'managedsave+backup'
@@ -111,7 +111,7 @@ def test_factory_prefers_backup_api_when_host_has_it():
     assert capture.get('live', conf, caps).timeout == 7
     assert capture.get('cold', conf, caps).method == 'managedsave'
     caps.backup = True
-    conf.libvirt.use_backup_api = False
+    conf.use_backup_api = False
     assert capture.get('live', conf, caps).method == 'block_copy'
 
 

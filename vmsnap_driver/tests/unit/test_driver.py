@@ -64,7 +64,7 @@ def steps(tmp_path):
             mock.patch('vmsnap_driver.capture.get',
                        return_value=Strategy()), \
             mock.patch.object(qemu_img, 'info', return_value=CHAIN), \
-            mock.patch('vmsnap_driver.driver._file_digest',
+            mock.patch('vmsnap_driver.engine._file_digest',
                        return_value='d' * 64), \
             mock.patch.object(qemu_img, 'convert',
                               side_effect=lambda *a, **k: log.append(

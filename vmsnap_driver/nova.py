@@ -1,0 +1,115 @@
+"""vmsnap inside nova-compute: Nova's LibvirtDriver with vmsnap's snapshot.
+
+Only ``snapshot`` is overridden, and it hands the work to the same engine
+vmsnap's own driver uses.  Nova's contract is kept: images go through Nova's
+image API with the request context (Nova's ``[glance]`` options, the user's
+token), they carry Nova's snapshot metadata, errors are Nova's exceptions,
+and task states move with ``expected_state`` as Nova's manager checks them.
+vmsnap's options are read from nova.conf's ``[vmsnap]`` section.
+
+Importing this module imports Nova; the rest of vmsnap never does.
+Nova loads ``'nova.virt.' + compute_driver`` only, so the small
+``vmsnap-nova`` distribution (``nova_shim/``) ships ``nova.virt.vmsnap``,
+which makes ``compute_driver = vmsnap.LibvirtDriver`` load this class.
+"""
+
+from typing import Any
+
+import nova.conf
+from nova import exception as nova_exception
+from nova.virt.libvirt import driver as libvirt_driver
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from vmsnap_driver import engine
+from vmsnap_driver import exception
+from vmsnap_driver import host as host_mod
+from vmsnap_driver import snapshot_options
+
+LOG = logging.getLogger(__name__)
+CONF = nova.conf.CONF
+
+group = cfg.OptGroup(
+    'vmsnap', title='vmsnap snapshot options',
+    help='How vmsnap takes snapshots inside nova-compute '
+         '(compute_driver = vmsnap.LibvirtDriver).')
+# The same options as vmsnap's own [libvirt] section, but the connection:
+# Nova's [libvirt] connection_uri already says where libvirtd is.
+snapshot_opts = snapshot_options.snapshot_opts
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(group)
+    conf.register_opts(snapshot_opts, group=group)
+
+
+def list_opts() -> list:
+    """Options for oslo-config-generator (namespace ``vmsnap.nova``)."""
+    return [(group, snapshot_opts)]
+
+
+class _NovaImages:
+    """The engine's image calls, through Nova's image API and context."""
+
+    def __init__(self, driver: Any, context: Any, instance: Any) -> None:
+        self._driver = driver
+        self._api = driver._image_api
+        self._context = context
+        self._instance = instance
+
+    def check_queued(self, image_id: str) -> dict:
+        image = self._api.get(self._context, image_id)
+        if image.get('status') != 'queued':
+            raise exception.ImageNotQueued(image_id=image_id,
+                                           status=image.get('status'))
+        return image
+
+    def create(self, name: str, properties: dict) -> dict:
+        return self._api.create(self._context, {
+            'name': name, 'properties': properties})
+
+    def delete(self, image_id: str) -> None:
+        try:
+            self._api.delete(self._context, image_id)
+        except Exception as e:  # on an error path: log, do not mask
+            LOG.warning('Image %(id)s could not be deleted: %(error)s',
+                        {'id': image_id, 'error': e})
+
+    def upload(self, image_id: str, data: Any, size: int, disk_format: str,
+               properties: dict) -> dict:
+        name = self._api.get(self._context, image_id).get('name')
+        metadata = self._driver._create_snapshot_metadata(
+            self._instance.image_meta, self._instance, disk_format, name)
+        metadata['properties'].update(properties)
+        return self._api.update(self._context, image_id, metadata, data)
+
+    def upload_file(self, image_id: str, path: str, disk_format: str,
+                    properties: dict) -> dict:
+        with open(path, 'rb') as data:
+            return self.upload(image_id, data, None, disk_format, properties)
+
+    def set_properties(self, image_id: str, properties: dict) -> None:
+        self._api.update(self._context, image_id,
+                         {'properties': properties}, purge_props=False)
+
+
+class LibvirtDriver(libvirt_driver.LibvirtDriver):
+    """Nova's libvirt driver; snapshots are vmsnap's."""
+
+    def __init__(self, virtapi: Any, read_only: bool = False) -> None:
+        super().__init__(virtapi, read_only)
+        register_opts(CONF)
+        self._vmsnap = engine.SnapshotEngine(
+            host_mod.Host(libvirt_driver.LibvirtDriver._uri()), CONF.vmsnap)
+
+    def snapshot(self, context: Any, instance: Any, image_id: str,
+                 update_task_state: Any) -> None:
+        try:
+            self._vmsnap.take(instance, image_id, update_task_state,
+                              _NovaImages(self, context, instance))
+        except exception.InstanceNotFound:
+            # What Nova's own driver raises for a missing domain.
+            raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)
+        except exception.VmsnapException as e:
+            # Nova's manager logs and reports NovaException messages.
+            raise nova_exception.NovaException(str(e))

@@ -1,0 +1,137 @@
+"""vmsnap loaded by Nova's own loader, called as Nova's compute manager does.
+
+A real guest, the real libvirtd, the real local Glance reached through
+Nova's image API; Nova's stock driver snapshots the same guest for
+comparison.
+"""
+
+import os
+import tempfile
+
+import libvirt
+import pytest
+
+nova = pytest.importorskip('nova')
+
+from nova.compute import task_states  # noqa: E402
+import nova.conf  # noqa: E402
+from nova import context as nova_context  # noqa: E402
+from nova import objects  # noqa: E402
+import nova.privsep  # noqa: E402
+from nova.virt import driver as virt_driver  # noqa: E402
+from nova.virt import fake  # noqa: E402
+from nova.virt.libvirt import driver as libvirt_driver  # noqa: E402
+
+from vmsnap_driver.tests.functional import checks  # noqa: E402
+from vmsnap_driver.tests.functional import testguest  # noqa: E402
+
+CONF = nova.conf.CONF
+
+
+class ManagerTaskStates:
+    """update_task_state as Nova's manager: compare-and-swap on the state."""
+
+    def __init__(self):
+        self.state = task_states.IMAGE_SNAPSHOT
+        self.calls = []
+
+    def __call__(self, task_state, expected_state=task_states.IMAGE_SNAPSHOT):
+        if self.state != expected_state:
+            raise AssertionError('task state %s, expected %s'
+                                 % (self.state, expected_state))
+        self.state = task_state
+        self.calls.append(task_state)
+
+
+@pytest.fixture(scope='module')
+def nova_conf(glance_url, workroot):
+    objects.register_all()
+    CONF([], project='nova', default_config_files=[])
+    state = tempfile.mkdtemp(dir=workroot, prefix='nova-')
+    os.chmod(state, 0o755)   # QEMU must reach the snapshot scratch files
+    CONF.set_override('state_path', state)
+    CONF.set_override('instances_path', state + '/instances')
+    CONF.set_override('lock_path', state + '/lock',
+                      group='oslo_concurrency')
+    CONF.set_override('virt_type', 'qemu', group='libvirt')
+    CONF.set_override('connection_uri', 'qemu:///system', group='libvirt')
+    CONF.set_override('snapshots_directory', state + '/snapshots',
+                      group='libvirt')
+    CONF.set_override('endpoint_override', glance_url, group='glance')
+    nova.privsep.sys_admin_pctxt.set_client_mode(False)
+    yield CONF
+
+
+@pytest.fixture(scope='module')
+def nova_driver(nova_conf):
+    driver = virt_driver.load_compute_driver(fake.FakeVirtAPI(),
+                                             'vmsnap.LibvirtDriver')
+    driver.init_host('vmsnap-test-host')
+    return driver
+
+
+def make_instance(guest):
+    return objects.Instance(
+        uuid=guest.uuid, display_name=guest.name,
+        project_id='project', user_id='user', kernel_id='', ramdisk_id='',
+        os_type=None, image_ref='', system_metadata={},
+        task_state=task_states.IMAGE_SNAPSHOT)
+
+
+def test_nova_loads_vmsnap_driver(nova_driver):
+    from vmsnap_driver import nova as vmsnap_nova
+    assert isinstance(nova_driver, vmsnap_nova.LibvirtDriver)
+    assert isinstance(nova_driver, libvirt_driver.LibvirtDriver)
+    assert CONF.vmsnap.snapshot_mode == 'auto'
+
+
+def test_snapshot_as_nova_manager_calls_it(nova_driver, conn, workroot,
+                                           glance, queued_image):
+    guest = testguest.TestGuest(
+        conn, tempfile.mkdtemp(dir=workroot, prefix='guest-'))
+    try:
+        guest.start()
+        xml = guest.inactive_xml()
+        image_id = queued_image()
+        context = nova_context.RequestContext('user', 'project',
+                                              auth_token='a-token')
+        tasks = ManagerTaskStates()
+        before = guest.last_counter()
+        nova_driver.snapshot(context, make_instance(guest), image_id, tasks)
+        after = guest.last_counter()
+
+        assert tasks.calls == [task_states.IMAGE_PENDING_UPLOAD,
+                               task_states.IMAGE_UPLOADING]
+        image, counter = checks.assert_image_holds(
+            glance, image_id, guest, workroot, (before, after))
+        # Nova's own snapshot metadata came along.
+        assert image['image_location'] == 'snapshot'
+        assert image['owner_id'] == 'project'
+        assert image['vmsnap_mode'] == 'live'
+        guest.wait_counter_above(counter + 1)
+        checks.assert_guest_untouched(guest, xml, libvirt.VIR_DOMAIN_RUNNING)
+
+        # Nova's stock driver, same guest, same run: the comparison.
+        stock_image = queued_image()
+        libvirt_driver.LibvirtDriver.snapshot(
+            nova_driver, context, make_instance(guest), stock_image,
+            ManagerTaskStates())
+        assert glance.images.get(stock_image)['status'] == 'active'
+    finally:
+        guest.destroy()
+
+
+def test_vmsnap_section_is_listed_for_nova_conf():
+    import subprocess
+    import sys
+    # Outside the source tree: a stale egg-info there would hide the
+    # installed entry points.
+    out = subprocess.run(
+        [sys.executable, '-m', 'oslo_config.generator', '--namespace',
+         'vmsnap.nova'], check=True, capture_output=True, text=True,
+        cwd=tempfile.gettempdir()).stdout
+    assert '[vmsnap]' in out
+    for option in ('#snapshot_mode = auto', '#quiesce = auto',
+                   '#snapshot_disks = root', '#block_job_timeout = 600'):
+        assert option in out
+    assert 'connection_uri' not in out
