@@ -19,4 +19,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     if 'code' in _status and 'nova' in sys.modules:
+        # os._exit skips Python's buffered output: flush the summary first.
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(_status['code'])
