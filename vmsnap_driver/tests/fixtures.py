@@ -83,3 +83,13 @@ def queued_image(glance):
             glance.images.delete(image_id)
         except Exception:
             pass
+
+
+@pytest.fixture(scope='module')
+def running_guest(conn, workroot, guest_kit):
+    """One running guest shared by the tests of a module: none may keep it."""
+    guest = testguest.TestGuest(
+        conn, tempfile.mkdtemp(dir=workroot, prefix='guest-'))
+    guest.start()
+    yield guest
+    guest.destroy()

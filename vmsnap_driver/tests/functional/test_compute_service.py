@@ -138,16 +138,6 @@ def service(workroot, glance_url):
         shutil.rmtree(svc.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope='module')
-def running_guest(conn, workroot, guest_kit):
-    from vmsnap_driver.tests.functional import testguest
-    guest = testguest.TestGuest(
-        conn, tempfile.mkdtemp(dir=workroot, prefix='guest-'))
-    guest.start()
-    yield guest
-    guest.destroy()
-
-
 def test_server_show(service, running_guest):
     svc = service()
     shown = json.loads(svc.openstack('server', 'show', running_guest.name,

@@ -18,22 +18,12 @@ import pytest
 
 from vmsnap_driver import exception
 from vmsnap_driver.tests.functional import checks
-from vmsnap_driver.tests.functional import testguest
-
-
-@pytest.fixture(scope='module')
-def guest(conn, workroot, guest_kit):
-    """One running guest shared by the failure tests: none may change it."""
-    guest = testguest.TestGuest(
-        conn, tempfile.mkdtemp(dir=workroot, prefix='guest-'))
-    guest.start()
-    yield guest
-    guest.destroy()
 
 
 @pytest.fixture
-def untouched(guest):
+def untouched(running_guest):
     """Check after the test that the shared guest is as it was."""
+    guest = running_guest
     if guest.state() == libvirt.VIR_DOMAIN_PAUSED:
         guest.dom.resume()
     xml = guest.inactive_xml()
