@@ -33,10 +33,6 @@ class Decision:
     reason: str
 
 
-def _fmt(version: tuple) -> str:
-    return '.'.join(str(part) for part in version)
-
-
 def _disk_problem(disk: guest_mod.Disk) -> Optional[str]:
     if disk.source_type != 'file' or not disk.path:
         return ('disk %s is a %s disk; vmsnap captures file-backed disks '
@@ -50,13 +46,14 @@ def _disk_problem(disk: guest_mod.Disk) -> Optional[str]:
 def _live_problem(caps: host_mod.Capabilities, state: str) -> Optional[str]:
     if caps.hypervisor != 'QEMU':
         return 'the hypervisor is %s, not QEMU' % caps.hypervisor
+    version = host_mod.version_string
     if caps.libvirt_version < MIN_LIBVIRT_LIVE:
         return ('libvirt %s cannot keep the domain defined during a block '
-                'copy (needs %s)' % (_fmt(caps.libvirt_version),
-                                     _fmt(MIN_LIBVIRT_LIVE)))
+                'copy (needs %s)' % (version(caps.libvirt_version),
+                                     version(MIN_LIBVIRT_LIVE)))
     if caps.hypervisor_version < MIN_QEMU_LIVE:
         return 'QEMU %s is older than %s' % (
-            _fmt(caps.hypervisor_version), _fmt(MIN_QEMU_LIVE))
+            version(caps.hypervisor_version), version(MIN_QEMU_LIVE))
     if state not in guest_mod.ACTIVE_STATES:
         return 'the guest is %s, not running or paused' % state
     return None
@@ -89,8 +86,8 @@ def choose(requested: str, caps: host_mod.Capabilities, state: str,
     if requested == AUTO and not live_problem:
         return Decision(LIVE, 'libvirt %s and QEMU %s can copy disk %s while '
                               'the guest runs'
-                        % (_fmt(caps.libvirt_version),
-                           _fmt(caps.hypervisor_version),
+                        % (host_mod.version_string(caps.libvirt_version),
+                           host_mod.version_string(caps.hypervisor_version),
                            ', '.join(d.target for d in disks)))
     if state not in COLD_STATES:
         raise exception.SnapshotUnsupported(

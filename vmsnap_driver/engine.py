@@ -58,12 +58,8 @@ class SnapshotEngine:
         """Capture the instance's disks into ``image_id`` (and new images).
 
         :param images: what talks to Glance: ``check_queued``, ``create``,
-            ``delete``, ``upload``, ``upload_file``, ``set_properties``.
+            ``delete``, ``upload``, ``set_properties``.
         """
-        self._snapshot(instance, image_id, update_task_state, images)
-
-    def _snapshot(self, instance: Any, image_id: str,
-                  update_task_state: TaskStateCallback, images: Any) -> None:
         plan = self._plan(instance, image_id, images)
         group = _ImageGroup(images, plan.image, plan.disks, instance.uuid)
         try:
@@ -148,7 +144,9 @@ class SnapshotEngine:
                               expected_state=IMAGE_PENDING_UPLOAD)
         for disk, flat, properties in flats:
             properties[DIGEST_PROPERTY] = _file_digest(flat, fmt)
-            images.upload_file(group.image_id(disk), flat, fmt, properties)
+            with open(flat, 'rb') as data:
+                images.upload(group.image_id(disk), data,
+                              os.path.getsize(flat), fmt, properties)
 
 
 def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
@@ -198,8 +196,9 @@ class _Plan:
             mode=self.decision.mode, reason=self.decision.reason,
             method=self.strategy.method, disk=disk,
             started_at=view.started_at, captured_at=view.captured_at,
-            libvirt_version=_version(self.caps.libvirt_version),
-            qemu_version=_version(self.caps.hypervisor_version),
+            libvirt_version=host_mod.version_string(self.caps.libvirt_version),
+            qemu_version=host_mod.version_string(
+                self.caps.hypervisor_version),
             consistency=self.freezer.level,
             freeze_seconds=self.freezer.seconds,
             disks=tuple(d.target for d in self.disks))
@@ -236,15 +235,18 @@ class _ImageGroup:
     def image_id(self, disk: Any) -> str:
         return self._ids[disk.target]
 
+    def _others(self) -> str:
+        """``target=image_id`` of the images vmsnap created."""
+        return ','.join('%s=%s' % (target, image_id)
+                        for target, image_id in self._ids.items()
+                        if image_id in self._created)
+
     def properties(self, disk: Any, properties: dict) -> dict:
         if self._group:
             properties['vmsnap_group_id'] = self._group
             properties['vmsnap_disk_target'] = disk.target
             if self._ids[disk.target] not in self._created:
-                properties['vmsnap_group_images'] = ','.join(
-                    '%s=%s' % (target, image_id)
-                    for target, image_id in self._ids.items()
-                    if image_id in self._created)
+                properties['vmsnap_group_images'] = self._others()
         return properties
 
     def delete_created(self) -> None:
@@ -253,21 +255,13 @@ class _ImageGroup:
         self._created = []
 
     def describe_others(self) -> str:
-        if not self._created:
-            return ''
-        return ' (other disks: %s)' % ', '.join(
-            '%s=%s' % (t, i) for t, i in self._ids.items()
-            if i in self._created)
+        return ' (other disks: %s)' % self._others() if self._created else ''
 
 
 def _file_digest(path: str, image_format: str) -> str:
     with qemu_nbd.serve(path, image_format) as sock:
         with nbd.Client(sock, qemu_nbd.EXPORT) as client:
             return digest.of_export(client)
-
-
-def _version(version: tuple) -> str:
-    return '.'.join(str(part) for part in version)
 
 
 def _flatten(view: capture_base.DiskView, dest: str, image_format: str,

@@ -7,7 +7,6 @@ password``) and a standalone one (``auth_type = none`` plus
 """
 
 import contextlib
-import os
 import re
 from typing import Any, Iterator
 
@@ -165,9 +164,3 @@ class ImageService:
     def set_properties(self, image_id: str, properties: dict) -> None:
         with self._translated('update', image_id):
             self._get_client().images.update(image_id, **properties)
-
-    def upload_file(self, image_id: str, path: str, disk_format: str,
-                    properties: dict) -> dict:
-        with open(path, 'rb') as data:
-            return self.upload(image_id, data, os.path.getsize(path),
-                               disk_format, properties)

@@ -18,6 +18,11 @@ def _ignore_libvirt_error(_ctx, _err) -> None:
     """libvirt prints every error to stderr by default; we raise instead."""
 
 
+def version_string(version: Tuple[int, ...]) -> str:
+    """(9, 0, 0) -> '9.0.0', for logs, reasons and image properties."""
+    return '.'.join(str(part) for part in version)
+
+
 def _version_tuple(packed: int) -> Tuple[int, int, int]:
     return (packed // 1000000, packed // 1000 % 1000, packed % 1000)
 

@@ -83,11 +83,6 @@ class _NovaImages:
         metadata['properties'].update(properties)
         return self._api.update(self._context, image_id, metadata, data)
 
-    def upload_file(self, image_id: str, path: str, disk_format: str,
-                    properties: dict) -> dict:
-        with open(path, 'rb') as data:
-            return self.upload(image_id, data, None, disk_format, properties)
-
     def set_properties(self, image_id: str, properties: dict) -> None:
         self._api.update(self._context, image_id,
                          {'properties': properties}, purge_props=False)

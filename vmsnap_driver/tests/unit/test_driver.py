@@ -52,10 +52,15 @@ def steps(tmp_path):
             yield [base.DiskView(NOW, NOW, path='/copy', format='qcow2')]
             log.append('release')
 
+    def flatten(source, source_format, dest, dest_format, compress):
+        log.append('flatten')
+        with open(dest, 'wb') as f:
+            f.write(b'flat image')
+
     images = mock.Mock()
     images.check_queued.side_effect = lambda i: log.append(
         'check image') or {'id': i, 'name': 'snap'}
-    images.upload_file.side_effect = lambda *a: log.append('upload')
+    images.upload.side_effect = lambda *a: log.append('upload')
     with mock.patch.object(host_mod.Host, 'get_guest', return_value=guest), \
             mock.patch.object(host_mod.Host, 'capabilities', return_value=(
                 host_mod.Capabilities('QEMU', (9, 0, 0), (7, 2, 0)))), \
@@ -66,9 +71,7 @@ def steps(tmp_path):
             mock.patch.object(qemu_img, 'info', return_value=CHAIN), \
             mock.patch('vmsnap_driver.engine._file_digest',
                        return_value='d' * 64), \
-            mock.patch.object(qemu_img, 'convert',
-                              side_effect=lambda *a, **k: log.append(
-                                  'flatten')):
+            mock.patch.object(qemu_img, 'convert', side_effect=flatten):
         yield types.SimpleNamespace(log=log, images=images, guest=guest)
     conf.reset()
 
@@ -86,8 +89,8 @@ def test_steps_run_in_order_with_task_states(steps):
                          'freeze', 'point in time', 'thaw', 'flatten',
                          'release', 'image_uploading', 'upload']
     assert tasks[1] == ('image_uploading', 'image_pending_upload')
-    image_id, path, fmt, props = steps.images.upload_file.call_args[0]
-    assert (image_id, fmt) == ('img', 'qcow2')
+    image_id, data, size, fmt, props = steps.images.upload.call_args[0]
+    assert (image_id, size, fmt) == ('img', len(b'flat image'), 'qcow2')
     assert props['vmsnap_mode'] == 'live'
     assert props['vmsnap_content_sha256'] == 'd' * 64
     assert props['vmsnap_consistency'] == 'filesystem-frozen'
