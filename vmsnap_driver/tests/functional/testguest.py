@@ -116,7 +116,7 @@ DOMAIN_XML = """<domain type='qemu'>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='%(disk_format)s'/>
+      <driver name='qemu' type='%(disk_format)s'%(cache)s/>
       <source file='%(disk)s'/>
       <target dev='vda' bus='virtio'/>
     </disk>
@@ -275,7 +275,8 @@ class TestGuest:
                  disk_format: str = 'qcow2', backing: bool = True,
                  name: Optional[str] = None,
                  disk: Optional[dict] = None, agent: bool = False,
-                 second_disk: bool = False, period: float = 0.5) -> None:
+                 second_disk: bool = False, period: float = 0.5,
+                 cache: Optional[str] = None) -> None:
         """A guest that writes to an ext4 disk of its own.
 
         :param disk: use this prebuilt disk (``path``, ``format``) instead;
@@ -284,6 +285,7 @@ class TestGuest:
         :param second_disk: give the guest a second ext4 disk (vdb), where
             it writes the same counter as on the first.
         :param period: seconds between two counter values.
+        :param cache: the first disk's cache mode (QEMU's default if None).
         """
         self.conn = conn
         self.workdir = workdir
@@ -312,6 +314,7 @@ class TestGuest:
             'name': saxutils.escape(self.name), 'uuid': self.uuid,
             'kernel': kit['kernel'], 'initrd': self.initrd,
             'disk': self.disk['path'], 'disk_format': self.disk['format'],
+            'cache': " cache='%s'" % cache if cache else '',
             'console': self.console,
             'channel': AGENT_CHANNEL if agent else '',
             'second_disk': (SECOND_DISK % self.second_disk['path']
