@@ -4,9 +4,9 @@
 For each data size, a real TCG guest is booted on a disk holding that much
 random data, half in a qcow2 backing file and half in its overlay, attached
 as Nova attaches it: cache='none' where the directory takes O_DIRECT, else
-'writeback' (Nova's default since bug 1818847).  Each
-round then runs every method once, in rotating order, each in a child
-process of its own, into the same local Glance:
+'writeback' (Nova's default since bug 1818847).  Each round then runs every
+method once, in rotating order, each in a child process of its own, into
+the same local Glance:
 
   nova-live    Nova's libvirt driver, re-implemented from its documented
                behaviour: save the XML, undefine, blockRebase (copy,
@@ -23,10 +23,11 @@ the image is active, time the guest was not running (libvirt's domain
 state, polled every 10 ms), bytes written to and read from the host's disk
 (the block device's counters, page cache dropped before and synced after
 each run; each run waits --settle seconds after the drop, so that none
-inherits another's freshly freed memory), bytes uploaded, and the peak RSS of the process doing the
-snapshot.  It also measures the floor: reading the allocated data once plus
-uploading an image of that size once.  Every image is compared with the
-guest's disk (qemu-img compare) before it counts.
+inherits another's freshly freed memory), bytes uploaded, and the peak RSS
+of the process doing the snapshot.  It also measures the floor: reading
+the allocated data once plus uploading an image of that size once.  Every
+image is compared with the guest's disk (qemu-img compare) before it
+counts.
 
 Run as root on a host prepared by tools/setup-host, from an environment
 where vmsnap is installed (tox -e bench -- --sizes 256M,1G,4G).
@@ -335,28 +336,32 @@ class Bench:
         image_id = self.glance.images.create(
             name='bench %s %s' % (method, human(data)))['id']
         state = os.path.join(self.root, 'state-' + method)
-        settle(self.args.settle)
-        read0, write0 = disk_counters(self.device)
-        cmd = [sys.executable, os.path.abspath(__file__), '--child', method,
-               '--uuid', guest.uuid, '--image', image_id, '--glance',
-               self.args.glance, '--state', state,
-               '--disk', guest.disk['path'], '--backing',
-               guest.disk['backing'], '--virtual', str(guest.disk['virtual'])]
-        with DowntimeMonitor(guest.uuid) as monitor:
-            started = time.monotonic()
-            child = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-            out, err = child.communicate()
-            wall = time.monotonic() - started
-        subprocess.run(['sync'], check=True)
-        read1, write1 = disk_counters(self.device)
-        if child.returncode:
-            raise RuntimeError('%s failed:\n%s' % (method, err[-3000:]))
-        image = self.glance.images.get(image_id)
-        assert image['status'] == 'active', image['status']
-        self.verify(image_id, image['disk_format'], guest)
-        self.glance.images.delete(image_id)
-        shutil.rmtree(state, ignore_errors=True)
+        # Whatever happens, leave no image (queued or active) behind.
+        try:
+            settle(self.args.settle)
+            read0, write0 = disk_counters(self.device)
+            cmd = [sys.executable, os.path.abspath(__file__), '--child',
+                   method, '--uuid', guest.uuid, '--image', image_id,
+                   '--glance', self.args.glance, '--state', state,
+                   '--disk', guest.disk['path'],
+                   '--backing', guest.disk['backing'],
+                   '--virtual', str(guest.disk['virtual'])]
+            with DowntimeMonitor(guest.uuid) as monitor:
+                started = time.monotonic()
+                child = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+                out, err = child.communicate()
+                wall = time.monotonic() - started
+            subprocess.run(['sync'], check=True)
+            read1, write1 = disk_counters(self.device)
+            if child.returncode:
+                raise RuntimeError('%s failed:\n%s' % (method, err[-3000:]))
+            image = self.glance.images.get(image_id)
+            assert image['status'] == 'active', image['status']
+            self.verify(image_id, image['disk_format'], guest)
+        finally:
+            self.glance.images.delete(image_id)
+            shutil.rmtree(state, ignore_errors=True)
         result = {
             'method': method, 'data_bytes': data, 'round': rnd,
             'wall_s': wall, 'downtime_s': monitor.down,
