@@ -166,6 +166,36 @@ def settle(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def timed_upload(glance: str, scratch: str, size: int) -> float:
+    """Seconds one PUT of ``size`` random bytes into Glance takes.
+
+    The fastest upload we know: curl sends a file already in the page
+    cache, with a Content-Length, in large pieces and with little CPU
+    (requests sends 8 KiB at a time and took 15 % longer here).
+    """
+    with open(scratch, 'wb') as f:
+        for _ in range(size // (64 * MIB)):
+            f.write(os.urandom(64 * MIB))
+        f.write(os.urandom(size % (64 * MIB)))
+    try:
+        image = requests.post('%s/v2/images' % glance, json={
+            'name': 'bench upload', 'disk_format': 'raw',
+            'container_format': 'bare'})
+        image.raise_for_status()
+        url = '%s/v2/images/%s' % (glance, image.json()['id'])
+        try:
+            started = time.monotonic()
+            # No "Expect: 100-continue": curl would wait a second for it.
+            subprocess.run(['curl', '-sSf', '-o', '/dev/null', '-T', scratch,
+                            '-H', 'Content-Type: application/octet-stream',
+                            '-H', 'Expect:', url + '/file'], check=True)
+            return time.monotonic() - started
+        finally:
+            requests.delete(url)
+    finally:
+        os.unlink(scratch)
+
+
 class DowntimeMonitor:
     """Sum of the time libvirt reports the domain as not running."""
 
@@ -416,24 +446,9 @@ class Bench:
         read_s = time.monotonic() - started
         for f in files.values():
             f.close()
-        blob = os.path.join(self.root, 'upload.bin')
-        with open(blob, 'wb') as f:
-            for _ in range(image_size // (64 * MIB)):
-                f.write(os.urandom(64 * MIB))
-            f.write(os.urandom(image_size % (64 * MIB)))
-        image_id = self.glance.images.create(
-            name='bench floor', disk_format='raw',
-            container_format='bare')['id']
-        # The fastest upload we know: one PUT with a Content-Length.
-        started = time.monotonic()
-        with open(blob, 'rb') as f:
-            response = requests.put(
-                '%s/v2/images/%s/file' % (self.args.glance, image_id),
-                data=f, headers={'Content-Type': 'application/octet-stream'})
-        upload_s = time.monotonic() - started
-        response.raise_for_status()
-        self.glance.images.delete(image_id)
-        os.unlink(blob)
+        upload_s = timed_upload(self.args.glance,
+                                os.path.join(self.root, 'upload.bin'),
+                                image_size)
         assert read >= data, (read, data)
         floor = {'data_bytes': data, 'read_s': read_s,
                  'upload_s': upload_s, 'floor_s': read_s + upload_s}
