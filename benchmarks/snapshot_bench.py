@@ -185,10 +185,9 @@ def timed_upload(glance: str, scratch: str, size: int) -> float:
         url = '%s/v2/images/%s' % (glance, image.json()['id'])
         try:
             started = time.monotonic()
-            # No "Expect: 100-continue": curl would wait a second for it.
             subprocess.run(['curl', '-sSf', '-o', '/dev/null', '-T', scratch,
                             '-H', 'Content-Type: application/octet-stream',
-                            '-H', 'Expect:', url + '/file'], check=True)
+                            url + '/file'], check=True)
             return time.monotonic() - started
         finally:
             requests.delete(url)
