@@ -169,9 +169,9 @@ def settle(seconds: float) -> None:
 def timed_upload(glance: str, scratch: str, size: int) -> float:
     """Seconds one PUT of ``size`` random bytes into Glance takes.
 
-    The fastest upload we know: curl sends a file already in the page
-    cache, with a Content-Length, in large pieces and with little CPU
-    (requests sends 8 KiB at a time and took 15 % longer here).
+    The cheapest client we know: curl sends a file already in the page
+    cache, with a Content-Length, in large pieces and with little CPU;
+    requests sends 8 KiB at a time, on the same two cores as Glance.
     """
     with open(scratch, 'wb') as f:
         for _ in range(size // (64 * MIB)):
