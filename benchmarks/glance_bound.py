@@ -42,11 +42,10 @@ def timed_write(path: str, size: int, piece: bytes) -> float:
     try:
         for _ in range(size // len(piece)):
             os.write(fd, piece)
+        return time.monotonic() - started
     finally:
         os.close(fd)
-    elapsed = time.monotonic() - started
-    os.unlink(path)
-    return elapsed
+        os.unlink(path)
 
 
 def timed_hash(algorithm: str, size: int, piece: bytes) -> float:
