@@ -61,11 +61,11 @@ def main() -> None:
     parser.add_argument('--size', type=bench.parse_size,
                         default=bench.parse_size('4G'),
                         help='bytes per image (a multiple of 4 MiB)')
-    parser.add_argument('--glance', default='http://127.0.0.1:9292')
+    parser.add_argument('--glance', default=bench.GLANCE_URL)
     parser.add_argument('--hashing-algorithm', default=os.environ.get(
         'VMSNAP_GLANCE_HASHING_ALGORITHM', 'sha256'),
         help="the local Glance's hashing_algorithm")
-    parser.add_argument('--settle', type=float, default=20.0,
+    parser.add_argument('--settle', type=float, default=bench.SETTLE_S,
                         help='seconds to wait after dropping the page cache')
     parser.add_argument('--results', default=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), 'results.json'),

@@ -50,6 +50,8 @@ import uuid as uuidlib
 import requests
 
 MIB = 1024 * 1024
+GLANCE_URL = 'http://127.0.0.1:9292'      # tools/glance-local
+SETTLE_S = 20.0     # see settle(): long enough for freed memory to go back
 GLANCE_STORE = os.environ.get('VMSNAP_GLANCE_DIR',
                               '/var/lib/vmsnap-glance') + '/images'
 METHODS = ['nova-live', 'vmsnap-live', 'nova-cold', 'vmsnap-cold',
@@ -574,12 +576,12 @@ def main() -> None:
                         help='data sizes, comma separated (default: '
                              '%(default)s)')
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--settle', type=float, default=20,
+    parser.add_argument('--settle', type=float, default=SETTLE_S,
                         help='seconds to wait after dropping the page cache '
                              'before each measurement (default: '
                              '%(default)s)')
     parser.add_argument('--methods', default=','.join(METHODS))
-    parser.add_argument('--glance', default='http://127.0.0.1:9292')
+    parser.add_argument('--glance', default=GLANCE_URL)
     parser.add_argument('--output', default='benchmarks/results.json')
     parser.add_argument('--plot', default='benchmarks/results.png')
     # Internal: one snapshot in a child process.
