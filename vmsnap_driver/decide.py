@@ -61,11 +61,14 @@ def _live_problem(caps: host_mod.Capabilities, state: str) -> Optional[str]:
 
 def choose(requested: str, caps: host_mod.Capabilities, state: str,
            disks: List[guest_mod.Disk], instance_uuid: str,
-           backup: bool = True) -> Decision:
+           backup: bool = True, memory: bool = False) -> Decision:
     """Pick live or cold for this snapshot, or raise SnapshotUnsupported.
 
     :param backup: the backup API is available and enabled; without it,
         several disks cannot be copied live at one instant.
+    :param memory: the guest's memory is captured with its disks, which
+        needs the backup API to pin the disks at the memory's instant
+        while the guest runs on.
     """
     for disk in disks:
         problem = _disk_problem(disk)
@@ -76,6 +79,9 @@ def choose(requested: str, caps: host_mod.Capabilities, state: str,
     if not live_problem and len(disks) > 1 and not backup:
         live_problem = ('capturing %d disks at one instant while the guest '
                         'runs needs libvirt\'s backup API' % len(disks))
+    if not live_problem and memory and not backup:
+        live_problem = ('capturing memory and disks at one instant while '
+                        'the guest runs needs libvirt\'s backup API')
     if requested == LIVE:
         if live_problem:
             raise exception.SnapshotUnsupported(

@@ -10,6 +10,7 @@ import hashlib
 from typing import Callable
 
 from vmsnap_driver import nbd
+from vmsnap_driver import qemu_nbd
 
 ALGORITHM = 'sha256'
 ZEROS = bytes(4 * 1024 * 1024)
@@ -64,3 +65,10 @@ def of_export(client: nbd.Client) -> str:
             digest.read(offset, n)
             offset += n
     return digest.hexdigest()
+
+
+def of_file(path: str, image_format: str) -> str:
+    """The digest of an image file's virtual disk (its backing included)."""
+    with qemu_nbd.serve(path, image_format) as sock:
+        with nbd.Client(sock, qemu_nbd.EXPORT) as client:
+            return of_export(client)

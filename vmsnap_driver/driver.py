@@ -14,6 +14,7 @@ from vmsnap_driver import config
 from vmsnap_driver import engine
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
+from vmsnap_driver import restore
 
 # Kept here too: callers know them from the driver, as in Nova.
 IMAGE_PENDING_UPLOAD = engine.IMAGE_PENDING_UPLOAD
@@ -26,8 +27,9 @@ class LibvirtDriver:
     def __init__(self, virtapi: Any = None,
                  conf: cfg.ConfigOpts = config.CONF) -> None:
         self.virtapi = virtapi
-        self._engine = engine.SnapshotEngine(
-            host_mod.Host(conf.libvirt.connection_uri), conf.libvirt)
+        self._conf = conf
+        self._host = host_mod.Host(conf.libvirt.connection_uri)
+        self._engine = engine.SnapshotEngine(self._host, conf.libvirt)
         self._images = glance.ImageService(conf)
 
     def snapshot(self, context: Any, instance: Any, image_id: str,
@@ -37,8 +39,39 @@ class LibvirtDriver:
 
         Only one snapshot of an instance runs at a time; others wait.
         """
-        with lockutils.lock('vmsnap-snapshot-%s' % instance.uuid,
-                            external=True):
+        with _instance_lock(instance.uuid):
             self._engine.take(instance, image_id,
                               update_task_state or engine.no_task_state,
                               self._images)
+
+    def check_revert(self, context: Any, instance: Any,
+                     image_id: str) -> restore.Plan:
+        """Raise RevertRefused unless ``image_id`` can be reverted to.
+
+        Touches nothing: an API answers a bad request with it at once.
+        """
+        return restore.plan(self._host.get_guest(instance.uuid),
+                            self._images, image_id)
+
+    def revert(self, context: Any, instance: Any, image_id: str,
+               progress: Optional[restore.Progress] = None) -> None:
+        """Bring the instance back to snapshot ``image_id``, in place.
+
+        Nova has no such driver call: a server is reverted by rebuilding
+        it onto a snapshot of its own (vmsnap-compute's rebuild action,
+        and the Nova driver's ``rebuild``).  Every disk of the snapshot is
+        proven before the guest is touched; with a memory state the guest
+        resumes at the snapshot's instant, without one it boots.  It runs
+        under the same per-instance lock as ``snapshot``.
+        """
+        with _instance_lock(instance.uuid):
+            restore.revert(self._host.get_guest(instance.uuid),
+                           self._images, image_id, self._conf.state_path,
+                           self._conf.libvirt.snapshots_directory,
+                           progress or (lambda _n: None))
+
+
+def _instance_lock(instance_uuid: str) -> Any:
+    """One operation that changes an instance at a time, across processes."""
+    return lockutils.lock('vmsnap-snapshot-%s' % instance_uuid,
+                          external=True)

@@ -18,12 +18,13 @@ from vmsnap_driver import capture
 from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import decide
 from vmsnap_driver import digest
+from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import image_properties
 from vmsnap_driver import image_stream
+from vmsnap_driver import memory_image
 from vmsnap_driver import nbd
 from vmsnap_driver import qemu_img
-from vmsnap_driver import qemu_nbd
 from vmsnap_driver import quiesce
 from vmsnap_driver import workspace
 
@@ -34,6 +35,11 @@ IMAGE_PENDING_UPLOAD = 'image_pending_upload'
 IMAGE_UPLOADING = 'image_uploading'
 
 DIGEST_PROPERTY = 'vmsnap_content_sha256'
+# The request property that asks for (or against) the memory state.
+MEMORY_REQUEST_PROPERTY = 'vmsnap_memory'
+TRUE_STRINGS = ('yes', 'true', '1', 'on')
+
+MIB = 1024 * 1024
 
 TaskStateCallback = Callable[..., None]
 
@@ -61,7 +67,8 @@ class SnapshotEngine:
             ``delete``, ``upload``, ``set_properties``.
         """
         plan = self._plan(instance, image_id, images)
-        group = _ImageGroup(images, plan.image, plan.disks, instance.uuid)
+        group = _ImageGroup(images, plan.image, plan.disks, instance.uuid,
+                            memory=plan.memory)
         try:
             update_task_state(task_state=IMAGE_PENDING_UPLOAD)
             with workspace.workspace(self._options.snapshots_directory,
@@ -80,22 +87,30 @@ class SnapshotEngine:
         libvirt_conf = self._options
         guest = self._host.get_guest(instance.uuid)
         image = images.check_queued(image_id)
-        disks = (guest.writable_file_disks()
-                 if libvirt_conf.snapshot_disks == 'all'
-                 else [guest.root_disk()])
         state = guest.state()
+        memory = (_memory_requested(image, libvirt_conf)
+                  and state in guest_mod.ACTIVE_STATES)
+        # A memory state resumes over every disk the guest writes: all of
+        # them are captured at its instant, or a revert would mix times.
+        disks = (guest.writable_file_disks()
+                 if libvirt_conf.snapshot_disks == 'all' or memory
+                 else [guest.root_disk()])
         caps = self._host.capabilities(guest.virt_type())
         decision = decide.choose(
             libvirt_conf.snapshot_mode, caps, state, disks, instance.uuid,
-            backup=libvirt_conf.use_backup_api and caps.backup)
+            backup=libvirt_conf.use_backup_api and caps.backup,
+            memory=memory)
         freezer = quiesce.Freezer(
             guest, quiesce.plan(libvirt_conf.quiesce, instance, guest,
-                                state, decision.mode),
+                                state, decision.mode, memory=memory),
             libvirt_conf.quiesce_timeout)
-        strategy = capture.get(decision.mode, libvirt_conf, caps)
-        LOG.info('Taking a %(mode)s snapshot (%(method)s) of %(disks)s into '
-                 'image %(image)s: %(reason)s',
+        strategy = capture.get(
+            decision.mode, libvirt_conf, caps,
+            memory_bytes=guest.hardware()[1] * MIB if memory else 0)
+        LOG.info('Taking a %(mode)s snapshot (%(method)s) of %(disks)s%(mem)s '
+                 'into image %(image)s: %(reason)s',
                  {'mode': decision.mode, 'method': strategy.method,
+                  'mem': ' and memory' if memory else '',
                   'disks': ', '.join(d.target for d in disks),
                   'image': image_id, 'reason': decision.reason},
                  instance_uuid=instance.uuid)
@@ -108,7 +123,8 @@ class SnapshotEngine:
             chains=[qemu_img.info(d.path, d.format, force_share=True)
                     for d in disks],
             image_format=libvirt_conf.snapshot_image_format,
-            compress=compress,
+            compress=compress, state=state, memory=memory,
+            machine=guest.machine() if memory else {},
             streamed=strategy.exports_nbd(state) and not compress)
 
     def _capture_and_upload(self, instance: Any, plan: '_Plan',
@@ -143,10 +159,36 @@ class SnapshotEngine:
             update_task_state(task_state=IMAGE_UPLOADING,
                               expected_state=IMAGE_PENDING_UPLOAD)
         for disk, flat, properties in flats:
-            properties[DIGEST_PROPERTY] = _file_digest(flat, fmt)
+            properties[DIGEST_PROPERTY] = digest.of_file(flat, fmt)
             with open(flat, 'rb') as data:
                 images.upload(group.image_id(disk), data,
                               os.path.getsize(flat), fmt, properties)
+        if plan.memory:
+            self._upload_memory(plan, group, plan.strategy.memory, images)
+
+    def _upload_memory(self, plan: '_Plan', group: '_ImageGroup',
+                       memory: capture_base.MemoryState,
+                       images: Any) -> None:
+        """The memory state into its hidden image, then link the two."""
+        properties = memory_image.machine_properties(plan.machine)
+        properties.update({
+            'instance_uuid': plan.guest.uuid,
+            'vmsnap_libvirt_version': host_mod.version_string(
+                plan.caps.libvirt_version),
+            'vmsnap_qemu_version': host_mod.version_string(
+                plan.caps.hypervisor_version),
+            'vmsnap_disks': ','.join(d.target for d in plan.disks),
+        })
+        root_id = group.image_id(plan.disks[0])
+        sha256 = memory_image.upload(images, group.memory_image_id, memory,
+                                     properties, root_id)
+        images.set_properties(root_id, {
+            memory_image.SHA256_PROPERTY: sha256,
+            image_properties.PAUSE_PROPERTY: '%.3f' % memory.pause_seconds})
+        LOG.info('Memory state (%(size)d bytes) uploaded into hidden image '
+                 '%(image)s', {'size': os.path.getsize(memory.path),
+                               'image': group.memory_image_id},
+                 instance_uuid=plan.guest.uuid)
 
 
 def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
@@ -184,6 +226,9 @@ class _Plan:
     image_format: str
     compress: bool
     streamed: bool
+    state: str
+    memory: bool
+    machine: dict
 
     def space_needed(self) -> int:
         flat = 0 if self.streamed else sum(_flat_size(c)
@@ -199,9 +244,11 @@ class _Plan:
             libvirt_version=host_mod.version_string(self.caps.libvirt_version),
             qemu_version=host_mod.version_string(
                 self.caps.hypervisor_version),
-            consistency=self.freezer.level,
+            consistency=(image_properties.MEMORY if self.memory
+                         else self.freezer.level),
             freeze_seconds=self.freezer.seconds,
-            disks=tuple(d.target for d in self.disks))
+            disks=tuple(d.target for d in self.disks),
+            guest_state=self.state)
 
 
 class _ImageGroup:
@@ -214,12 +261,18 @@ class _ImageGroup:
     """
 
     def __init__(self, images: Any, root_image: dict,
-                 disks: list, instance_uuid: str) -> None:
+                 disks: list, instance_uuid: str,
+                 memory: bool = False) -> None:
         self._images = images
         self._ids = {disks[0].target: root_image['id']}
         self._created = []
         self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
+        self.memory_image_id = None
         try:
+            if memory:
+                self.memory_image_id = memory_image.create(
+                    images, root_image.get('name'), instance_uuid)['id']
+                self._created.append(self.memory_image_id)
             for disk in disks[1:]:
                 created = images.create(
                     '%s (%s)' % (root_image.get('name') or 'snapshot',
@@ -241,7 +294,16 @@ class _ImageGroup:
                         for target, image_id in self._ids.items()
                         if image_id in self._created)
 
+    def describe_others(self) -> str:
+        others = self._others()
+        if self.memory_image_id:
+            others = ','.join(filter(None, [
+                others, 'memory=%s' % self.memory_image_id]))
+        return ' (other images: %s)' % others if others else ''
+
     def properties(self, disk: Any, properties: dict) -> dict:
+        if self.memory_image_id:
+            properties[memory_image.LINK_PROPERTY] = self.memory_image_id
         if self._group:
             properties['vmsnap_group_id'] = self._group
             properties['vmsnap_disk_target'] = disk.target
@@ -254,15 +316,6 @@ class _ImageGroup:
             self._images.delete(image_id)
         self._created = []
 
-    def describe_others(self) -> str:
-        return ' (other disks: %s)' % self._others() if self._created else ''
-
-
-def _file_digest(path: str, image_format: str) -> str:
-    with qemu_nbd.serve(path, image_format) as sock:
-        with nbd.Client(sock, qemu_nbd.EXPORT) as client:
-            return digest.of_export(client)
-
 
 def _flatten(view: capture_base.DiskView, dest: str, image_format: str,
              compress: bool) -> None:
@@ -272,6 +325,14 @@ def _flatten(view: capture_base.DiskView, dest: str, image_format: str,
     else:
         qemu_img.convert_nbd(view.nbd_socket, view.nbd_export, dest,
                              image_format, compress=compress)
+
+
+def _memory_requested(image: dict, options: Any) -> bool:
+    """The request's vmsnap_memory property, else the configuration."""
+    asked = image.get(MEMORY_REQUEST_PROPERTY)
+    if asked is None:
+        return bool(options.snapshot_memory)
+    return str(asked).lower() in TRUE_STRINGS
 
 
 def _flat_size(chain: list) -> int:

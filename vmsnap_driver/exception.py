@@ -88,9 +88,9 @@ class GuestNotRestored(VmsnapException):
 
 
 class SnapshotInProgress(VmsnapException):
-    msg_fmt = ('Instance %(instance_uuid)s already has a snapshot in '
-               'progress (task state %(task_state)s). Wait for it to '
-               'finish, then try again.')
+    msg_fmt = ('Instance %(instance_uuid)s already has a snapshot or '
+               'rebuild in progress (task state %(task_state)s). Wait for '
+               'it to finish, then try again.')
 
 
 class UnexpectedTaskState(VmsnapException):
@@ -100,7 +100,7 @@ class UnexpectedTaskState(VmsnapException):
 
 class ServiceStopping(VmsnapException):
     msg_fmt = ('vmsnap-compute is shutting down and accepts no new '
-               'snapshots. Try again once it is back.')
+               'snapshots or rebuilds. Try again once it is back.')
 
 
 class QuiesceUnavailable(VmsnapException):
@@ -117,3 +117,14 @@ class QuiesceFailed(VmsnapException):
                'guest runs on. Check qemu-guest-agent in the guest, or set '
                '[libvirt] quiesce = auto to fall back to a crash-consistent '
                'snapshot.')
+
+
+class RevertRefused(VmsnapException):
+    msg_fmt = ('Cannot revert instance %(instance_uuid)s to image '
+               '%(image_id)s: %(reason)s. Nothing was changed.')
+
+
+class ImageCorrupt(VmsnapException):
+    msg_fmt = ('Image %(image_id)s does not hold what its snapshot record '
+               'says: %(reason)s. Nothing was changed; run "vmsnap verify '
+               '%(image_id)s" and revert to another snapshot.')

@@ -7,8 +7,9 @@ password``) and a standalone one (``auth_type = none`` plus
 """
 
 import contextlib
+import hashlib
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import glanceclient
 from glanceclient import exc as glance_exc
@@ -125,7 +126,7 @@ class ImageService:
         return image
 
     def upload(self, image_id: str, data: Any, size: int, disk_format: str,
-               properties: dict) -> dict:
+               properties: dict, container_format: str = 'bare') -> dict:
         """Declare formats, size and properties, then stream ``data``.
 
         ``data`` is a file-like object, read in pieces, so the image is
@@ -136,7 +137,8 @@ class ImageService:
         client = self._get_client()
         with self._translated('update', image_id):
             client.images.update(image_id, disk_format=disk_format,
-                                 container_format='bare', **properties)
+                                 container_format=container_format,
+                                 **properties)
         LOG.info('Uploading %(size)d bytes of %(fmt)s into image %(id)s',
                  {'size': size, 'fmt': disk_format, 'id': image_id})
         # Sent with a Content-Length, not chunked as glanceclient sends it:
@@ -164,3 +166,19 @@ class ImageService:
     def set_properties(self, image_id: str, properties: dict) -> None:
         with self._translated('update', image_id):
             self._get_client().images.update(image_id, **properties)
+
+
+def download(images: Any, image: dict, dest: str,
+             progress: Callable[[int], None] = lambda _n: None) -> str:
+    """Write the image's bytes into ``dest``; the hash Glance would record.
+
+    The hash uses the image's own ``os_hash_algo``, so the caller can tell
+    whether the bytes served are the bytes Glance stored.
+    """
+    served = hashlib.new(image.get('os_hash_algo') or 'sha512')
+    with open(dest, 'wb') as f:
+        for chunk in images.data(image['id']):
+            served.update(chunk)
+            f.write(chunk)
+            progress(len(chunk))
+    return served.hexdigest()

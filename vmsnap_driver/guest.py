@@ -89,6 +89,27 @@ class Guest:
         with self._translated('read the domain state'):
             return STATES.get(self._domain.state()[0], NOSTATE)
 
+    def machine(self) -> dict:
+        """What a saved memory state needs of the domain it resumes in."""
+        with self._translated('read the domain XML'):
+            root = ElementTree.fromstring(self._domain.XMLDesc(0))
+        os_type = root.find('./os/type')
+        cpu = root.find('./cpu')
+        model = cpu.find('model') if cpu is not None else None
+        memory = root.find('./memory')
+        factor = {'KiB': 1, 'k': 1, 'MiB': 1024, 'M': 1024,
+                  'GiB': 1024 ** 2, 'G': 1024 ** 2}
+        kib = int(memory.text) * factor.get(memory.get('unit', 'KiB'), 1)
+        return {
+            'machine_type': os_type.get('machine', '') if os_type is not None
+            else '',
+            'cpu_mode': cpu.get('mode', 'custom') if cpu is not None
+            else 'default',
+            'cpu_model': model.text if model is not None and model.text
+            else '',
+            'memory_mib': str(kib // 1024),
+        }
+
     def hardware(self) -> Tuple[int, int]:
         """Virtual CPUs and memory (MiB), for a flavor-like description."""
         with self._translated('read the domain info'):
@@ -168,6 +189,57 @@ class Guest:
     def resume(self) -> None:
         with self._translated('resume the guest'):
             self._domain.resume()
+
+    def save_memory(self, path: str) -> float:
+        """Write memory and device state to ``path``; leave the guest paused.
+
+        An external memory snapshot with every disk left to the caller
+        (``snapshot='manual'``): QEMU writes the memory while the guest
+        runs and pauses it only for the last pass, so the state is final
+        when this returns.  No libvirt snapshot metadata, no disk overlay:
+        the domain is untouched.  The file has ``virDomainSave``'s format.
+        Returns QEMU's downtime in seconds (0 when libvirt does not say).
+        """
+        disks = ''.join("<disk name=%s snapshot='manual'/>"
+                        % saxutils.quoteattr(d.target) for d in self.disks())
+        xml = ("<domainsnapshot><memory snapshot='external' file=%s/>"
+               "<disks>%s</disks></domainsnapshot>"
+               % (saxutils.quoteattr(path), disks))
+        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE |
+                 libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC |
+                 libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+        with self._translated('save the guest\'s memory'):
+            self._domain.snapshotCreateXML(xml, flags)
+        try:
+            stats = self._domain.jobStats(
+                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        except libvirt.libvirtError:
+            return 0.0
+        return stats.get('downtime', 0) / 1000.0
+
+    def save(self, path: str) -> None:
+        """Save memory to ``path`` and stop QEMU (``virDomainSave``)."""
+        with self._translated('save the guest'):
+            self._domain.saveFlags(path, None, 0)
+
+    def restore(self, path: str, paused: bool,
+                domain_xml: Optional[str] = None) -> None:
+        """Start the domain from a saved memory state, without booting it.
+
+        :param paused: leave it paused, else running, whatever it was when
+            saved.
+        :param domain_xml: the definition to run it with (the saved one
+            when None); libvirt refuses one whose guest ABI differs.
+        """
+        flags = (libvirt.VIR_DOMAIN_SAVE_PAUSED if paused
+                 else libvirt.VIR_DOMAIN_SAVE_RUNNING)
+        with self._translated('restore the guest from its saved memory'):
+            self._domain.connect().restoreFlags(path, domain_xml, flags)
+
+    def saved_domain_xml(self, path: str) -> str:
+        """The domain XML a saved memory state was taken with."""
+        with self._translated('read a saved memory state'):
+            return self._domain.connect().saveImageGetXMLDesc(path, 0)
 
     # -- guest agent --------------------------------------------------
     def has_agent_channel(self) -> bool:

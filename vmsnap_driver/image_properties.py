@@ -22,6 +22,15 @@ it was taken, so that whoever restores it knows what they hold:
     ``crash-consistent``: the disk as a power cut would have left it (the
     filesystem may need its journal replayed); ``filesystem-frozen``: the
     guest's filesystems were frozen by its agent at the instant of capture.
+    ``memory``: the guest's memory state was captured at the same instant
+    (``vmsnap_memory_image``): a revert resumes the guest's own running
+    state, nothing to replay.
+``vmsnap_memory_image``, ``vmsnap_memory_sha256``, ``vmsnap_pause_seconds``
+    With a memory state: the hidden image that holds it, the sha256 of the
+    uncompressed state, and how long the guest did not run for it.
+``vmsnap_guest_state``
+    ``running``, ``paused`` or ``shutoff`` when the snapshot was taken: the
+    state a revert brings the guest back to.
 ``vmsnap_freeze_seconds``
     How long the guest's filesystems stayed frozen (``0`` when not frozen).
 ``vmsnap_disks``
@@ -60,6 +69,31 @@ NOT_INHERITED_PREFIXES = ('os_glance', 'os_hash', 'vmsnap_')
 
 MAX_VALUE_LENGTH = 255
 
+MEMORY = 'memory'
+# vmsnap properties a request may set on its image.
+REQUEST_PROPERTIES = frozenset(['vmsnap_memory'])
+# Glance's core and reserved fields, and what Nova and vmsnap write: a
+# request's metadata may set none of them.
+RESERVED = frozenset([
+    'id', 'name', 'status', 'visibility', 'owner', 'protected', 'checksum',
+    'size', 'virtual_size', 'container_format', 'disk_format', 'created_at',
+    'updated_at', 'deleted', 'deleted_at', 'locations', 'direct_url',
+    'min_ram', 'min_disk', 'tags', 'file', 'schema', 'self', 'stores',
+    'image_type', 'instance_uuid', 'base_image_ref', 'image_location',
+    'image_state', 'owner_id', 'user_id',
+])
+RESERVED_PREFIXES = ('os_', 'vmsnap_')
+PAUSE_PROPERTY = 'vmsnap_pause_seconds'
+GUEST_STATE_PROPERTY = 'vmsnap_guest_state'
+
+
+def reserved(key: str) -> bool:
+    """Whether a request's metadata may not set ``key`` on its image."""
+    if key in REQUEST_PROPERTIES:
+        return False
+    return key.lower() in RESERVED or key.lower().startswith(
+        RESERVED_PREFIXES)
+
 
 def _timestamp(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.timezone.utc).isoformat()
@@ -94,6 +128,7 @@ class CaptureRecord:
     consistency: str = 'crash-consistent'
     freeze_seconds: float = 0.0
     disks: Tuple[str, ...] = ()
+    guest_state: str = ''
 
 
 def snapshot_properties(instance: Any,
@@ -116,6 +151,7 @@ def snapshot_properties(instance: Any,
         'vmsnap_consistency': record.consistency,
         'vmsnap_freeze_seconds': '%.3f' % record.freeze_seconds,
         'vmsnap_disks': ','.join(record.disks or [record.disk.target]),
+        GUEST_STATE_PROPERTY: record.guest_state,
         'vmsnap_libvirt_version': record.libvirt_version,
         'vmsnap_qemu_version': record.qemu_version,
         'vmsnap_version': vmsnap_driver.__version__,

@@ -76,10 +76,11 @@ class _NovaImages:
                         {'id': image_id, 'error': e})
 
     def upload(self, image_id: str, data: Any, size: int, disk_format: str,
-               properties: dict) -> dict:
+               properties: dict, container_format: str = 'bare') -> dict:
         name = self._api.get(self._context, image_id).get('name')
         metadata = self._driver._create_snapshot_metadata(
             self._instance.image_meta, self._instance, disk_format, name)
+        metadata['container_format'] = container_format
         metadata['properties'].update(properties)
         return self._api.update(self._context, image_id, metadata, data)
 

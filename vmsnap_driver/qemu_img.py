@@ -21,6 +21,11 @@ QEMU_IMG_LIMITS = processutils.ProcessLimits(
     cpu_time=30,
     address_space=1024 * 1024 * 1024)
 
+# Copies of images read back from Glance: bounded memory, but no CPU limit,
+# since a large disk takes a while.
+UNTRUSTED_LIMITS = processutils.ProcessLimits(
+    address_space=2 * 1024 * 1024 * 1024)
+
 FORMATS = ('qcow2', 'raw')
 
 
@@ -97,14 +102,31 @@ def create_overlay(path: str, virtual_size: int,
 
 
 def convert(source: str, source_format: str, dest: str, dest_format: str,
-            compress: bool = False) -> None:
+            compress: bool = False, untrusted: bool = False) -> None:
     """Copy an image and its whole backing chain into one flat file.
 
     Glance refuses a qcow2 that still names a backing file, so the result
     never has one.
+
+    :param untrusted: the source came from Glance (inspected by
+        image_safety first): run under UNTRUSTED_LIMITS.
     """
     _check_format(source_format)
-    _convert(['-f', source_format, source], dest, dest_format, compress)
+    _convert(['-f', source_format, source], dest, dest_format, compress,
+             prlimit=UNTRUSTED_LIMITS if untrusted else None)
+
+
+def rebase(path: str, backing_file: str, backing_format: str) -> None:
+    """Put ``path`` on a new backing file, keeping its content.
+
+    The safe mode: wherever the old and the new backing differ, the old
+    content is written into ``path``, so that it holds only what differs
+    from the new one.  Runs under UNTRUSTED_LIMITS: the old backing came
+    from Glance.
+    """
+    _check_format(backing_format)
+    _execute('qemu-img', 'rebase', '-q', '-f', 'qcow2', '-b', backing_file,
+             '-F', backing_format, path, prlimit=UNTRUSTED_LIMITS)
 
 
 def convert_nbd(socket_path: str, export: str, dest: str, dest_format: str,
@@ -120,7 +142,7 @@ def convert_nbd(socket_path: str, export: str, dest: str, dest_format: str,
 
 
 def _convert(source_args: List[str], dest: str, dest_format: str,
-             compress: bool) -> None:
+             compress: bool, prlimit=None) -> None:
     _check_format(dest_format)
     cmd = ['qemu-img', 'convert'] + source_args[:-1] + ['-O', dest_format]
     if compress and dest_format == 'qcow2':
@@ -128,4 +150,4 @@ def _convert(source_args: List[str], dest: str, dest_format: str,
     cmd += [source_args[-1], dest]
     LOG.debug('Flattening %(src)s into %(dest)s',
               {'src': source_args[-1], 'dest': dest})
-    _execute(*cmd)
+    _execute(*cmd, prlimit=prlimit)

@@ -46,8 +46,16 @@ class Plan:
 
 
 def plan(setting: str, instance: Any, guest: guest_mod.Guest, state: str,
-         mode: str) -> Plan:
-    """Decide before anything touches the guest; raise if impossible."""
+         mode: str, memory: bool = False) -> Plan:
+    """Decide before anything touches the guest; raise if impossible.
+
+    :param memory: the memory state is captured with the disks: it holds
+        the filesystems' caches, so there is nothing to freeze, and a
+        requirement to quiesce is met.
+    """
+    if memory:
+        return Plan(False, False, 'the memory state is captured with the '
+                                  'disks')
     if _image_flag(instance, 'os_require_quiesce'):
         required, why = True, 'its image says os_require_quiesce=yes'
     else:

@@ -60,6 +60,16 @@ snapshot_opts = [
                            'properties.'),
                ],
                help='Which of the guest\'s disks a snapshot captures.'),
+    cfg.BoolOpt('snapshot_memory',
+                default=False,
+                help='Also capture the guest\'s memory and device state, '
+                     'at the same instant as all its writable disks, into a '
+                     'hidden image linked to the disk image, so that a '
+                     'revert (server rebuild onto the snapshot) resumes the '
+                     'guest where it was instead of booting it. A request '
+                     'may ask for it, or not, with the image property '
+                     'vmsnap_memory=true|false, which wins over this '
+                     'option. Shut-off guests have no memory to capture.'),
     cfg.StrOpt('quiesce',
                default='auto',
                choices=[

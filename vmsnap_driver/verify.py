@@ -7,19 +7,15 @@ sha256 vmsnap recorded when it took the snapshot.
 """
 
 import dataclasses
-import hashlib
 import os
-import sys
 import tempfile
-import time
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from oslo_concurrency import processutils
 
 from vmsnap_driver import digest
 from vmsnap_driver import glance
-from vmsnap_driver import nbd
-from vmsnap_driver import qemu_nbd
+from vmsnap_driver import progress
 
 DIGEST_PROPERTY = 'vmsnap_content_sha256'
 
@@ -41,52 +37,6 @@ class Verdict:
         return all(check.ok for check in self.checks)
 
 
-class Progress:
-    """A one-line progress bar on a terminal, a line every 10 s otherwise."""
-
-    def __init__(self, total: int, stream=sys.stderr) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._shown = 0.0
-        self._started = time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self._shown < (0.2 if self._tty else 10):
-            return
-        self._shown = now
-        self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        fraction = min(self.done / self.total, 1.0)
-        rate = self.done / max(now - self._started, 1e-6) / 2 ** 20
-        bar = '#' * int(fraction * 30)
-        line = ('downloading [%-30s] %3d%% %8.1f MiB %6.1f MiB/s'
-                % (bar, fraction * 100, self.done / 2 ** 20, rate))
-        self._stream.write(('\r' + line) if self._tty else line + '\n')
-        self._stream.flush()
-
-    def finish(self) -> None:
-        self._draw(time.monotonic())
-        if self._tty:
-            self._stream.write('\n')
-
-
-def _download(images: glance.ImageService, image: dict, dest: str,
-              progress: Callable[[int], None]) -> str:
-    algorithm = image.get('os_hash_algo') or 'sha512'
-    served = hashlib.new(algorithm)
-    with open(dest, 'wb') as f:
-        for chunk in images.data(image['id']):
-            served.update(chunk)
-            f.write(chunk)
-            progress(len(chunk))
-    return served.hexdigest()
-
-
 def verify(images: glance.ImageService, image_id: str,
            workdir: Optional[str] = None,
            show_progress: bool = True) -> Verdict:
@@ -100,12 +50,10 @@ def verify(images: glance.ImageService, image_id: str,
     directory = tempfile.mkdtemp(prefix='vmsnap-verify-', dir=workdir)
     path = os.path.join(directory, 'image')
     try:
-        progress = Progress(image.get('size') or 0)
-        served = _download(images, image, path,
-                           progress.update if show_progress
-                           else lambda _n: None)
-        if show_progress:
-            progress.finish()
+        bar = progress.Progress(image.get('size') or 0, 'downloading',
+                                enabled=show_progress)
+        served = glance.download(images, image, path, bar.update)
+        bar.finish()
         stored = image.get('os_hash_value')
         checks.append(Check(
             'glance hash', stored is None or served == stored,
@@ -129,9 +77,7 @@ def verify(images: glance.ImageService, image_id: str,
                                 'the image has no %s property: it was not '
                                 'taken by vmsnap' % DIGEST_PROPERTY))
         else:
-            with qemu_nbd.serve(path, fmt) as sock:
-                with nbd.Client(sock, qemu_nbd.EXPORT) as client:
-                    actual = digest.of_export(client)
+            actual = digest.of_file(path, fmt)
             checks.append(Check(
                 'content sha256', actual == expected,
                 'the virtual disk content matches the snapshot record (%s)'

@@ -22,6 +22,16 @@ MIB = 1024 * 1024
 MARGIN = 64 * MIB
 
 
+def check_space(directory: str, needed_bytes: int) -> None:
+    """Fail now, not halfway through a long copy, when room is short."""
+    needed = needed_bytes + MARGIN
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise exception.InsufficientSpace(directory=directory,
+                                          needed_mib=needed // MIB,
+                                          free_mib=free // MIB)
+
+
 @contextlib.contextmanager
 def workspace(directory: str, needed_bytes: int) -> Iterator[str]:
     """Yield a new directory under ``directory``; remove it on exit.
@@ -30,12 +40,7 @@ def workspace(directory: str, needed_bytes: int) -> Iterator[str]:
     block copy's destination inside it, but may not list it.
     """
     os.makedirs(directory, mode=0o711, exist_ok=True)
-    needed = needed_bytes + MARGIN
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise exception.InsufficientSpace(directory=directory,
-                                          needed_mib=needed // MIB,
-                                          free_mib=free // MIB)
+    check_space(directory, needed_bytes)
     path = tempfile.mkdtemp(prefix='vmsnap-', dir=directory)
     try:
         os.chmod(path, 0o711)

@@ -5,14 +5,16 @@ import hashlib
 import json
 import re
 import socket
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
 import webob
 
 from vmsnap_driver.api import faults
+from vmsnap_driver.api import schemas
 from vmsnap_driver.compute import manager as manager_mod
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import image_properties
 
 # libvirt state -> (status, vm_state, power_state), as Nova reports them.
 STATES = {
@@ -25,8 +27,11 @@ STATES = {
 }
 MANAGED_SAVED = ('SUSPENDED', 'suspended', 4)
 SNAPSHOT_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF', 'SUSPENDED')
+# A managed-saved guest would resume its saved memory over reverted disks.
+REBUILD_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF')
+REBUILD_HINT = (' vmsnap-compute rebuilds a server only onto one of its own '
+                'snapshots, which reverts it; it changes nothing else.')
 
-MAX_NAME = 255
 UUID_RE = re.compile(r'^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$')
 EPOCH = '1970-01-01T00:00:00Z'
 
@@ -168,31 +173,64 @@ class Servers:
         if len(body) != 1:
             raise faults.Fault(400, 'Exactly one action is expected in '
                                     'the request body.')
-        name, args = next(iter(body.items()))
-        if name != 'createImage':
+        name = next(iter(body))
+        handler = {'createImage': self._create_image,
+                   'rebuild': self._rebuild}.get(name)
+        if handler is None:
             raise faults.Fault(400, 'There is no such action: %s' % name)
         guest = self._guest(server_id)
-        image_name, metadata = _validate_create_image(args)
-        status = _status(guest)[0]
-        if status not in SNAPSHOT_STATUSES:
-            raise faults.Fault(409, "Cannot 'createImage' instance %s "
-                                    'while it is in status %s'
-                               % (server_id, status))
         instance = manager_mod.Instance(uuid=guest.uuid, name=guest.name)
         try:
-            image_id = self._manager.snapshot(context, instance, image_name,
-                                              metadata, status)
+            return handler(body, base, version, guest, instance, context)
         except exception.SnapshotInProgress as e:
             raise faults.Fault(409, str(e))
         except exception.ServiceStopping as e:
             raise faults.Fault(503, str(e))
         except (exception.GlanceUnavailable, exception.GlanceRefused) as e:
             raise faults.Fault(503, str(e))
+
+    def _create_image(self, body: dict, base: str, version: tuple,
+                      guest: guest_mod.Guest,
+                      instance: manager_mod.Instance,
+                      context: Any) -> webob.Response:
+        schemas.validate(schemas.create_image, body)
+        args = body['createImage']
+        metadata = args.get('metadata', {})
+        _check_metadata(metadata)
+        status = _status(guest)[0]
+        if status not in SNAPSHOT_STATUSES:
+            raise faults.Fault(409, "Cannot 'createImage' instance %s "
+                                    'while it is in status %s'
+                               % (guest.uuid, status))
+        image_id = self._manager.snapshot(context, instance, args['name'],
+                                          metadata, status)
         response = webob.Response(status=202)
         response.headers['Location'] = self._images.image_location(image_id)
         if version >= (2, 45):
             response.content_type = 'application/json'
             response.text = json.dumps({'image_id': image_id})
+        return response
+
+    def _rebuild(self, body: dict, base: str, version: tuple,
+                 guest: guest_mod.Guest, instance: manager_mod.Instance,
+                 context: Any) -> webob.Response:
+        schemas.validate(schemas.rebuild, body, REBUILD_HINT)
+        image_id = body['rebuild']['imageRef']
+        status = _status(guest)[0]
+        if status not in REBUILD_STATUSES:
+            raise faults.Fault(409, "Cannot 'rebuild' instance %s while it "
+                                    'is in status %s' % (guest.uuid, status))
+        try:
+            self._manager.rebuild(context, instance, image_id)
+        except exception.ImageNotFound:
+            raise faults.Fault(400, 'Image %s could not be found.'
+                               % image_id)
+        except (exception.RevertRefused, exception.ImageCorrupt) as e:
+            raise faults.Fault(400, str(e))
+        response = webob.Response(status=202, content_type='application/json',
+                                  charset='UTF-8')
+        response.text = json.dumps(
+            {'server': self._detail(guest, base, version)})
         return response
 
 
@@ -207,28 +245,12 @@ def _json_body(req: webob.Request) -> dict:
     return body
 
 
-def _validate_create_image(args: Any) -> Tuple[str, dict]:
-    if not isinstance(args, dict):
-        raise faults.Fault(400, "Invalid input for field 'createImage': "
-                                'expected an object.')
-    unknown = set(args) - {'name', 'metadata'}
-    if unknown:
-        raise faults.Fault(400, "Additional properties are not allowed "
-                                '(%s were unexpected).'
-                           % ', '.join(sorted(unknown)))
-    name: Optional[str] = args.get('name')
-    if not isinstance(name, str) or not name.strip():
-        raise faults.Fault(400, "Invalid input for field 'name': a "
-                                'non-empty string is required.')
-    if len(name) > MAX_NAME:
-        raise faults.Fault(400, "Invalid input for field 'name': at most "
-                                '%d characters.' % MAX_NAME)
-    metadata = args.get('metadata', {})
-    if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and
-            0 < len(k) <= MAX_NAME and len(v) <= MAX_NAME
-            for k, v in metadata.items()):
-        raise faults.Fault(400, "Invalid input for field 'metadata': an "
-                                'object of strings (keys 1-255, values up '
-                                'to 255 characters) is required.')
-    return name, metadata
+def _check_metadata(metadata: dict) -> None:
+    if len(metadata) > schemas.MAX_METADATA_ITEMS:
+        raise faults.Fault(403, 'Quota exceeded for metadata items: at most '
+                                '%d are allowed.' % schemas.MAX_METADATA_ITEMS)
+    for key in sorted(metadata):
+        if image_properties.reserved(key):
+            raise faults.Fault(400, "Invalid input for field 'metadata': "
+                                    '%r is a reserved image property: Glance '
+                                    'or vmsnap sets it.' % key)

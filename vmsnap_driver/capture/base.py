@@ -15,8 +15,13 @@ import datetime
 from typing import Any, Callable, ContextManager, List, Optional
 
 
+from oslo_log import log as logging
+
+from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import qemu_img
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +41,20 @@ class DiskView:
     nbd_export: Optional[str] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryState:
+    """The guest's memory and device state, saved at the disks' instant.
+
+    ``path`` has ``virDomainSave``'s format; ``state`` is the guest's state
+    when it was saved, which a restore brings back; ``pause_seconds`` is how
+    long the guest did not run for it.
+    """
+
+    path: str
+    state: str
+    pause_seconds: float
+
+
 Freeze = Callable[[], ContextManager[None]]
 Chain = List[qemu_img.ImageInfo]
 
@@ -49,11 +68,27 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def resume(guest: guest_mod.Guest, state: str) -> None:
+    """Let a guest a capture paused run again, or say how to."""
+    try:
+        guest.resume()
+    except exception.HypervisorError as e:
+        raise exception.GuestNotRestored(
+            instance_uuid=guest.uuid, state=state,
+            reason='%s; resume it with "virsh resume %s"'
+                   % (e.message, guest.uuid))
+    LOG.info('Guest %(name)s running again', {'name': guest.name},
+             instance_uuid=guest.uuid)
+
+
 class Capture(abc.ABC):
     """One way of capturing a guest's disk."""
 
     mode: str
     method: str
+    # Set by captures that also save the guest's memory, once capture()
+    # has yielded: what the memory image is made of.
+    memory: Optional[MemoryState] = None
 
     @classmethod
     def from_conf(cls, options: Any,

@@ -9,9 +9,15 @@ With the backup API, the guest does not stay down while its disk is read:
 it is restored paused, its disk is pinned by a point-in-time export before
 it runs a single instruction, and it resumes at once.  Its downtime is then
 the save and the restore, whatever the size of the disk.
+
+When the snapshot keeps the memory, the guest is saved into the snapshot's
+workspace instead of libvirt's managed save file (whose place libvirt does
+not tell), and restored from there: that file is the memory image.
 """
 
 import contextlib
+import os
+import time
 from typing import Any, Iterator, List, Optional, Tuple
 
 from oslo_log import log as logging
@@ -28,25 +34,29 @@ class ManagedSaveCapture(base.Capture):
     mode = 'cold'
 
     def __init__(self, use_backup: bool = False,
-                 qemu_owner: Optional[Tuple[int, int]] = None) -> None:
+                 qemu_owner: Optional[Tuple[int, int]] = None,
+                 memory_bytes: int = 0) -> None:
         self.use_backup = use_backup
         self.qemu_owner = qemu_owner
-        self.method = 'managedsave+backup' if use_backup else 'managedsave'
+        self.memory_bytes = memory_bytes
+        self.method = '%s%s' % ('save' if memory_bytes else 'managedsave',
+                                '+backup' if use_backup else '')
 
     @classmethod
-    def from_conf(cls, options: Any,
-                  caps: Optional[object] = None) -> 'ManagedSaveCapture':
+    def from_conf(cls, options: Any, caps: Optional[object] = None,
+                  memory_bytes: int = 0) -> 'ManagedSaveCapture':
+        """:param memory_bytes: the guest's RAM when the memory is kept."""
         return cls(use_backup=bool(options.use_backup_api
                                    and getattr(caps, 'backup', False)),
-                   qemu_owner=getattr(caps, 'qemu_owner', None))
+                   qemu_owner=getattr(caps, 'qemu_owner', None),
+                   memory_bytes=memory_bytes)
 
     def exports_nbd(self, state: str) -> bool:
         return self.use_backup and state in guest_mod.ACTIVE_STATES
 
     def scratch_bytes(self, chains: List[base.Chain]) -> int:
-        if not self.use_backup:
-            return 0
-        return base.top_layers_bytes(chains)
+        scratch = base.top_layers_bytes(chains) if self.use_backup else 0
+        return scratch + self.memory_bytes
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
@@ -65,31 +75,63 @@ class ManagedSaveCapture(base.Capture):
         if state == guest_mod.SHUTOFF:
             yield files(started)
             return
-        guest.managed_save(paused=(state == guest_mod.PAUSED))
+        saved_paused = state == guest_mod.PAUSED
+        stopped_at = time.monotonic()
+        if self.memory_bytes:
+            path = os.path.join(workdir, 'memory.save')
+            guest.save(path)
+
+            def launch(paused):
+                try:
+                    guest.restore(path, paused=paused)
+                except exception.HypervisorError as e:
+                    # The workspace goes away with the snapshot: keep the
+                    # guest's only copy of its memory beside it.
+                    kept = os.path.join(os.path.dirname(workdir),
+                                        '%s.save' % guest.uuid)
+                    os.replace(path, kept)
+                    raise exception.HypervisorError(
+                        action='restore the guest', instance_uuid=guest.uuid,
+                        reason='%s; its memory is kept in %s: "virsh restore '
+                               '%s" brings it back' % (e.message, kept, kept))
+        else:
+            guest.managed_save(paused=saved_paused)
+
+            def launch(paused):
+                # A guest saved paused comes back paused from launch().
+                (guest.launch_paused if paused and not saved_paused
+                 else guest.launch)()
         captured = base.utcnow()
         LOG.info('Guest %(name)s saved for a cold snapshot in %(secs).2f s',
                  {'name': guest.name,
                   'secs': (captured - started).total_seconds()},
                  instance_uuid=guest.uuid)
+
+        def remember_memory():
+            if self.memory_bytes:
+                self.memory = base.MemoryState(
+                    path, state, time.monotonic() - stopped_at)
         if not self.use_backup:
             try:
                 yield files(captured)
             finally:
-                _restore(guest, state, guest.launch)
+                _restore(guest, state, lambda: launch(saved_paused))
+                remember_memory()
             return
 
-        _restore(guest, state, guest.launch_paused)
+        _restore(guest, state, lambda: launch(True))
         resumed = state != guest_mod.RUNNING
         try:
             with backup.nbd_export(guest, disks, workdir,
                                    self.qemu_owner) as sock:
                 if not resumed:
-                    _resume(guest, state)
+                    base.resume(guest, state)
                     resumed = True
+                remember_memory()
                 yield backup.views(disks, sock, started, captured)
         finally:
             if not resumed:
-                _resume(guest, state)
+                base.resume(guest, state)
 
 
 def _restore(guest: guest_mod.Guest, state: str, launch) -> None:
@@ -103,15 +145,3 @@ def _restore(guest: guest_mod.Guest, state: str, launch) -> None:
             instance_uuid=guest.uuid, state=state, reason=e.message)
     LOG.info('Guest %(name)s restored from its saved state',
              {'name': guest.name}, instance_uuid=guest.uuid)
-
-
-def _resume(guest: guest_mod.Guest, state: str) -> None:
-    try:
-        guest.resume()
-    except exception.HypervisorError as e:
-        raise exception.GuestNotRestored(
-            instance_uuid=guest.uuid, state=state,
-            reason='%s; resume it with "virsh resume %s"'
-                   % (e.message, guest.uuid))
-    LOG.info('Guest %(name)s running again', {'name': guest.name},
-             instance_uuid=guest.uuid)

@@ -1,16 +1,17 @@
-"""Runs snapshots in the background, as Nova's compute manager does.
+"""Runs snapshots and rebuilds in the background, as Nova's manager does.
 
-The API answers ``createImage`` at once (202) and the snapshot runs here,
-on a bounded pool, with task states the API shows.  A failed snapshot
-deletes its image, so a client polling Glance sees it end instead of
-waiting forever on a ``queued`` image, and leaves a fault on the server.
+The API answers ``createImage`` and ``rebuild`` at once (202) and the work
+runs here, on a bounded pool, one operation per server at a time, with task
+states the API shows.  A failed snapshot deletes its image, so a client
+polling Glance sees it end instead of waiting forever on a ``queued``
+image; any failure leaves a fault on the server.
 """
 
 from concurrent import futures
 import dataclasses
 import datetime
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from oslo_log import log as logging
 
@@ -23,6 +24,8 @@ LOG = logging.getLogger(__name__)
 # Nova's task states for a snapshot, in the order they are set.
 IMAGE_SNAPSHOT_PENDING = 'image_snapshot_pending'
 IMAGE_SNAPSHOT = 'image_snapshot'
+REBUILDING = 'rebuilding'
+REBUILD_STATUS = 'REBUILD'
 
 # A rough percentage for each step, shown as the server's ``progress``.
 PROGRESS = {
@@ -30,6 +33,7 @@ PROGRESS = {
     IMAGE_SNAPSHOT: 10,
     'image_pending_upload': 25,
     'image_uploading': 60,
+    REBUILDING: 50,
 }
 
 
@@ -51,6 +55,8 @@ class Task:
     # user, as in Nova.
     status: str
     image_id: Optional[str] = None
+    # The image was created for this task, and goes if the task fails.
+    owns_image: bool = True
 
 
 def _utcnow() -> str:
@@ -87,14 +93,7 @@ class ComputeManager:
     def snapshot(self, context: Any, instance: Instance, name: str,
                  metadata: Dict[str, str], status: str) -> str:
         """Create the queued image and start the snapshot; its image id."""
-        with self._lock:
-            if self._stopping:
-                raise exception.ServiceStopping()
-            if instance.uuid in self._tasks:
-                raise exception.SnapshotInProgress(
-                    instance_uuid=instance.uuid,
-                    task_state=self._tasks[instance.uuid].state)
-            self._tasks[instance.uuid] = Task(IMAGE_SNAPSHOT_PENDING, status)
+        self._claim(instance.uuid, Task(IMAGE_SNAPSHOT_PENDING, status))
         try:
             properties = image_properties.inherited(instance)
             properties.update(metadata)
@@ -104,28 +103,9 @@ class ComputeManager:
                 properties['base_image_ref'] = instance.image_ref
             image_id = self._images.create(name, properties)['id']
         except Exception:
-            with self._lock:
-                del self._tasks[instance.uuid]
+            self._release(instance.uuid)
             raise
-        with self._lock:
-            self._tasks[instance.uuid].image_id = image_id
-            future = self._executor.submit(self._run, context, instance,
-                                           image_id)
-            self._queued[future] = instance.uuid
-        future.add_done_callback(self._forget)
-        LOG.info('Snapshot into image %(image)s queued',
-                 {'image': image_id}, instance_uuid=instance.uuid)
-        return image_id
-
-    def _forget(self, future: futures.Future) -> None:
-        with self._lock:
-            self._queued.pop(future, None)
-
-    def _run(self, context: Any, instance: Instance, image_id: str) -> None:
         uuid = instance.uuid
-        if context is not None:
-            # Log lines from this thread carry the API request's id.
-            context.update_store()
 
         def update_task_state(task_state: str,
                               expected_state: str = IMAGE_SNAPSHOT) -> None:
@@ -137,20 +117,80 @@ class ComputeManager:
                         expected=expected_state)
                 self._tasks[uuid].state = task_state
 
-        try:
+        def work() -> None:
             update_task_state(IMAGE_SNAPSHOT,
                               expected_state=IMAGE_SNAPSHOT_PENDING)
             self._driver.snapshot(context, instance, image_id,
                                   update_task_state)
+        self._submit(context, uuid, image_id, work,
+                     'Snapshot into image %s' % image_id)
+        return image_id
+
+    # -- rebuild -------------------------------------------------------
+    def rebuild(self, context: Any, instance: Instance,
+                image_id: str) -> None:
+        """Check, then revert the server to its snapshot in the background.
+
+        Raises RevertRefused at once, touching nothing, for an image that
+        is not a snapshot of this server.
+        """
+        self._claim(instance.uuid, Task(REBUILDING, REBUILD_STATUS,
+                                        image_id, owns_image=False))
+        try:
+            self._driver.check_revert(context, instance, image_id)
+        except Exception:
+            self._release(instance.uuid)
+            raise
+        self._submit(context, instance.uuid, image_id,
+                     lambda: self._driver.revert(context, instance,
+                                                 image_id),
+                     'Revert to snapshot %s' % image_id)
+
+    # -- running tasks -------------------------------------------------
+    def _claim(self, uuid: str, task: Task) -> None:
+        with self._lock:
+            if self._stopping:
+                raise exception.ServiceStopping()
+            if uuid in self._tasks:
+                raise exception.SnapshotInProgress(
+                    instance_uuid=uuid, task_state=self._tasks[uuid].state)
+            self._tasks[uuid] = task
+
+    def _release(self, uuid: str) -> None:
+        with self._lock:
+            del self._tasks[uuid]
+
+    def _submit(self, context: Any, uuid: str, image_id: str,
+                work: Callable[[], None], what: str) -> None:
+        with self._lock:
+            self._tasks[uuid].image_id = image_id
+            future = self._executor.submit(self._run, context, uuid, work,
+                                           what)
+            self._queued[future] = uuid
+        future.add_done_callback(self._forget)
+        LOG.info('%s queued', what, instance_uuid=uuid)
+
+    def _forget(self, future: futures.Future) -> None:
+        with self._lock:
+            self._queued.pop(future, None)
+
+    def _run(self, context: Any, uuid: str, work: Callable[[], None],
+             what: str) -> None:
+        if context is not None:
+            # Log lines from this thread carry the API request's id.
+            context.update_store()
+        try:
+            work()
         except Exception as e:
             if isinstance(e, exception.VmsnapException):
-                LOG.error('Snapshot into image %(image)s failed: %(error)s',
-                          {'image': image_id, 'error': e},
-                          instance_uuid=uuid)
+                LOG.error('%(what)s failed: %(error)s',
+                          {'what': what, 'error': e}, instance_uuid=uuid)
             else:
-                LOG.exception('Snapshot into image %s failed unexpectedly',
-                              image_id, instance_uuid=uuid)
-            self._images.delete(image_id)
+                LOG.exception('%s failed unexpectedly', what,
+                              instance_uuid=uuid)
+            task = self.task(uuid)
+            if task.owns_image:
+                self._images.delete(task.image_id)
             with self._lock:
                 self._faults[uuid] = {
                     'code': 500, 'created': _utcnow(),
@@ -177,11 +217,11 @@ class ComputeManager:
             if future.cancel():
                 with self._lock:
                     task = self._tasks.pop(uuid, None)
-                if task and task.image_id:
+                if task and task.image_id and task.owns_image:
                     LOG.info('Dropping queued snapshot into image %s',
                              task.image_id, instance_uuid=uuid)
                     self._images.delete(task.image_id)
         running = len(self._tasks)
         if running:
-            LOG.info('Waiting for %d running snapshot(s) to end', running)
+            LOG.info('Waiting for %d running operation(s) to end', running)
         self._executor.shutdown(wait=True)

@@ -69,7 +69,7 @@ def steps(tmp_path):
             mock.patch('vmsnap_driver.capture.get',
                        return_value=Strategy()), \
             mock.patch.object(qemu_img, 'info', return_value=CHAIN), \
-            mock.patch('vmsnap_driver.engine._file_digest',
+            mock.patch('vmsnap_driver.digest.of_file',
                        return_value='d' * 64), \
             mock.patch.object(qemu_img, 'convert', side_effect=flatten):
         yield types.SimpleNamespace(log=log, images=images, guest=guest)

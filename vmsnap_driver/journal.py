@@ -1,0 +1,105 @@
+"""Durable intent records: what an operation is about to change on a guest.
+
+An operation that changes a guest writes here *before* each change, and
+says so again once the change is undone or done, so that at any instant the
+record on disk is a superset of what is changed.  If the process dies, the
+record survives it and :mod:`vmsnap_driver.recovery` finishes or undoes the
+operation at the next start.  A record is removed only when it says that
+nothing is outstanding.
+
+Records are small JSON files under ``<state_path>/operations``, replaced
+atomically (write, fsync, rename, fsync the directory): a crash leaves the
+old record or the new one, never half of one.
+"""
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, List
+import uuid as uuidlib
+
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+DIRECTORY = 'operations'
+
+
+def _directory(state_path: str) -> str:
+    path = os.path.join(state_path, DIRECTORY)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Record:
+    """One operation's record; ``facts`` is what it has changed so far."""
+
+    def __init__(self, path: str, facts: Dict[str, Any]) -> None:
+        self.path = path
+        self.facts = facts
+
+    @property
+    def id(self) -> str:
+        return self.facts['id']
+
+    def update(self, **facts: Any) -> None:
+        """Record ``facts`` durably before the change they describe."""
+        self.facts.update(facts)
+        directory = os.path.dirname(self.path)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+        try:
+            with os.fdopen(fd, 'w') as f:
+                json.dump(self.facts, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_directory(directory)
+
+    def remove(self) -> None:
+        os.unlink(self.path)
+        _fsync_directory(os.path.dirname(self.path))
+
+
+def begin(state_path: str, kind: str, instance_uuid: str,
+          **facts: Any) -> Record:
+    """Write a new record for an operation about to start."""
+    op_id = str(uuidlib.uuid4())
+    record = Record(os.path.join(_directory(state_path), op_id + '.json'),
+                    {})
+    record.update(id=op_id, kind=kind, instance_uuid=instance_uuid,
+                  **facts)
+    return record
+
+
+def pending(state_path: str) -> List[Record]:
+    """Records left by operations that did not end: a crash, a kill."""
+    directory = _directory(state_path)
+    records = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.startswith('.tmp-'):
+            os.unlink(path)
+            continue
+        if not name.endswith('.json'):
+            continue
+        try:
+            with open(path) as f:
+                records.append(Record(path, json.load(f)))
+        except (OSError, ValueError) as e:
+            LOG.error('Unreadable operation record %(path)s (%(error)s): '
+                      'moved aside; check its guest by hand',
+                      {'path': path, 'error': e})
+            os.replace(path, path + '.unreadable')
+    return records

@@ -1,0 +1,154 @@
+"""The guest's memory state as a Glance image of its own.
+
+Glance has no place for a memory state beside a disk, so it gets an image,
+linked both ways to the snapshot's boot-disk image (``vmsnap_memory_image``
+there, ``vmsnap_memory_of`` here).  It must never pass for a bootable disk:
+Glance 33 inspects only ``bare`` containers and presents a raw/bare upload of
+a save file as a bootable raw disk.  So the state is stored zstd-compressed
+in the ``compressed`` container, hidden from default listings
+(``os_hidden``), and named for what it is.  Compression also pays for
+itself: most of a guest's memory is zeros and page cache.  zstandard is the
+well-kept binding of the format; it compresses on every core.
+
+The properties carry what a restore must match (machine type, CPU, RAM)
+and the sha256 of the uncompressed state, checked before it is used.
+"""
+
+import hashlib
+import os
+from typing import Any, Callable, Dict, Optional
+
+import zstandard
+
+from vmsnap_driver.capture import base as capture_base
+from vmsnap_driver import exception
+
+CONTAINER_FORMAT = 'compressed'
+DISK_FORMAT = 'raw'
+COMPRESSION = 'zstd'
+LEVEL = 3
+CHUNK = 4 * 1024 * 1024
+
+LINK_PROPERTY = 'vmsnap_memory_image'
+OF_PROPERTY = 'vmsnap_memory_of'
+SHA256_PROPERTY = 'vmsnap_memory_sha256'
+STATE_PROPERTY = 'vmsnap_guest_state'
+# What a domain must match for the state to resume in it.
+FIT_PROPERTIES = {
+    'machine_type': 'vmsnap_machine_type',
+    'cpu_mode': 'vmsnap_cpu_mode',
+    'cpu_model': 'vmsnap_cpu_model',
+    'memory_mib': 'vmsnap_memory_mib',
+}
+
+
+def create(images: Any, disk_image_name: str, instance_uuid: str) -> dict:
+    """The queued, hidden image the memory state will go into."""
+    return images.create('%s (memory)' % (disk_image_name or 'snapshot'), {
+        'instance_uuid': instance_uuid,
+        'os_hidden': True,
+    })
+
+
+def machine_properties(machine: Dict[str, str]) -> Dict[str, str]:
+    """The guest's machine facts as the memory image records them."""
+    return {prop: machine[key] for key, prop in FIT_PROPERTIES.items()}
+
+
+def misfit(memory_image: dict, machine: Dict[str, str]) -> Optional[str]:
+    """Why the state cannot resume in a domain like ``machine``, or None."""
+    for key, prop in FIT_PROPERTIES.items():
+        recorded = memory_image.get(prop)
+        if recorded is None:
+            return 'the memory image %s does not record %s' % (
+                memory_image['id'], prop)
+        if recorded != machine[key]:
+            return ('the memory state was saved with %s %s, the domain now '
+                    'has %s' % (key.replace('_', ' '), recorded or '(none)',
+                                machine[key] or '(none)'))
+    return None
+
+
+class _HashingReader:
+    """A file whose reads are hashed on the way (the uncompressed bytes)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.hash.update(data)
+        return data
+
+
+def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
+           properties: Dict[str, str], disk_image_id: str) -> str:
+    """Compress the state, upload it into ``image_id``; its sha256.
+
+    The compressed file is written beside the state (in the snapshot's
+    workspace) first: Glance is told the size of what it receives.
+    """
+    compressed = memory.path + '.zst'
+    with open(memory.path, 'rb') as source, open(compressed, 'wb') as dest:
+        reader = _HashingReader(source)
+        zstandard.ZstdCompressor(level=LEVEL, threads=-1).copy_stream(
+            reader, dest, read_size=CHUNK, write_size=CHUNK)
+    sha256 = reader.hash.hexdigest()
+    properties = dict(properties, **{
+        OF_PROPERTY: disk_image_id,
+        SHA256_PROPERTY: sha256,
+        STATE_PROPERTY: memory.state,
+        'vmsnap_memory_size': str(os.path.getsize(memory.path)),
+        'vmsnap_memory_compression': COMPRESSION,
+    })
+    try:
+        with open(compressed, 'rb') as data:
+            images.upload(image_id, data, os.path.getsize(compressed),
+                          DISK_FORMAT, properties,
+                          container_format=CONTAINER_FORMAT)
+    finally:
+        os.unlink(compressed)
+    return sha256
+
+
+def download(images: Any, image: dict, dest: str,
+             progress: Callable[[int], None] = lambda _n: None) -> None:
+    """Fetch and decompress the state into ``dest``; prove it first.
+
+    Raises ImageCorrupt when the bytes are not the ones recorded; ``dest``
+    is then removed.
+    """
+    expected = image.get(SHA256_PROPERTY)
+    if (image.get('container_format') != CONTAINER_FORMAT
+            or image.get('vmsnap_memory_compression') != COMPRESSION
+            or not expected):
+        raise exception.ImageCorrupt(
+            image_id=image['id'], reason='it is not a vmsnap memory image '
+            '(%s container, zstd, with %s)' % (CONTAINER_FORMAT,
+                                               SHA256_PROPERTY))
+    raw = hashlib.sha256()
+    try:
+        with open(dest, 'wb') as out:
+            decompressor = zstandard.ZstdDecompressor().decompressobj()
+            for chunk in images.data(image['id']):
+                progress(len(chunk))
+                data = decompressor.decompress(chunk)
+                raw.update(data)
+                out.write(data)
+            if not decompressor.eof:
+                raise exception.ImageCorrupt(
+                    image_id=image['id'], reason='the compressed state is '
+                    'truncated')
+    except zstandard.ZstdError as e:
+        os.unlink(dest)
+        raise exception.ImageCorrupt(image_id=image['id'],
+                                     reason='it does not decompress: %s' % e)
+    except Exception:
+        os.unlink(dest)
+        raise
+    if raw.hexdigest() != expected:
+        os.unlink(dest)
+        raise exception.ImageCorrupt(
+            image_id=image['id'], reason='its sha256 is %s, the snapshot '
+            'recorded %s' % (raw.hexdigest(), expected))
