@@ -40,6 +40,12 @@ FIT_PROPERTIES = {
     'cpu_model': 'vmsnap_cpu_model',
     'memory_mib': 'vmsnap_memory_mib',
 }
+FIT_LABELS = {
+    'machine_type': 'machine type %s',
+    'cpu_mode': 'CPU mode %s',
+    'cpu_model': 'CPU model %s',
+    'memory_mib': '%s MiB of RAM',
+}
 
 
 def create(images: Any, disk_image_name: str, instance_uuid: str) -> dict:
@@ -63,9 +69,10 @@ def misfit(memory_image: dict, machine: Dict[str, str]) -> Optional[str]:
             return 'the memory image %s does not record %s' % (
                 memory_image['id'], prop)
         if recorded != machine[key]:
-            return ('the memory state was saved with %s %s, the domain now '
-                    'has %s' % (key.replace('_', ' '), recorded or '(none)',
-                                machine[key] or '(none)'))
+            label = FIT_LABELS[key]
+            return ('the memory state was saved with %s, the domain now has '
+                    '%s' % (label % (recorded or '(none)'),
+                            label % (machine[key] or '(none)')))
     return None
 
 

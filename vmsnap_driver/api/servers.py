@@ -26,6 +26,8 @@ STATES = {
     guest_mod.NOSTATE: ('UNKNOWN', 'error', 0),
 }
 MANAGED_SAVED = ('SUSPENDED', 'suspended', 4)
+# Checked against the guest's own state: a server shown in ERROR after a
+# failed rebuild still has its guest as it was, and may try again.
 SNAPSHOT_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF', 'SUSPENDED')
 # A managed-saved guest would resume its saved memory over reverted disks.
 REBUILD_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF')
@@ -93,6 +95,8 @@ class Servers:
     def _detail(self, guest: guest_mod.Guest, base: str,
                 version: tuple) -> dict:
         status, vm_state, power_state = _status(guest)
+        if self._manager.in_error(guest.uuid):
+            status, vm_state = 'ERROR', 'error'
         task = self._manager.task(guest.uuid)
         if task:
             status = task.status

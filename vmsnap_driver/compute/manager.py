@@ -76,6 +76,9 @@ class ComputeManager:
         self._lock = threading.Lock()
         self._tasks: Dict[str, Task] = {}
         self._faults: Dict[str, dict] = {}
+        # Servers whose last rebuild failed: ERROR, as Nova shows them,
+        # until an operation on them succeeds.
+        self._errors: set = set()
         self._queued: Dict[futures.Future, str] = {}
         self._stopping = False
 
@@ -88,6 +91,11 @@ class ComputeManager:
     def fault(self, instance_uuid: str) -> Optional[dict]:
         with self._lock:
             return self._faults.get(instance_uuid)
+
+    def in_error(self, instance_uuid: str) -> bool:
+        """The server's last rebuild failed (its guest is as it was)."""
+        with self._lock:
+            return instance_uuid in self._errors
 
     # -- createImage ---------------------------------------------------
     def snapshot(self, context: Any, instance: Instance, name: str,
@@ -123,7 +131,7 @@ class ComputeManager:
             self._driver.snapshot(context, instance, image_id,
                                   update_task_state)
         self._submit(context, uuid, image_id, work,
-                     'Snapshot into image %s' % image_id)
+                     'Snapshot into image %s' % image_id, error_state=False)
         return image_id
 
     # -- rebuild -------------------------------------------------------
@@ -144,7 +152,7 @@ class ComputeManager:
         self._submit(context, instance.uuid, image_id,
                      lambda: self._driver.revert(context, instance,
                                                  image_id),
-                     'Revert to snapshot %s' % image_id)
+                     'Revert to snapshot %s' % image_id, error_state=True)
 
     # -- running tasks -------------------------------------------------
     def _claim(self, uuid: str, task: Task) -> None:
@@ -161,11 +169,17 @@ class ComputeManager:
             del self._tasks[uuid]
 
     def _submit(self, context: Any, uuid: str, image_id: str,
-                work: Callable[[], None], what: str) -> None:
+                work: Callable[[], None], what: str,
+                error_state: bool) -> None:
+        """Run ``work`` in the background.
+
+        :param error_state: a failure puts the server in ERROR (a failed
+            rebuild, as in Nova; a failed snapshot does not).
+        """
         with self._lock:
             self._tasks[uuid].image_id = image_id
             future = self._executor.submit(self._run, context, uuid, work,
-                                           what)
+                                           what, error_state)
             self._queued[future] = uuid
         future.add_done_callback(self._forget)
         LOG.info('%s queued', what, instance_uuid=uuid)
@@ -175,7 +189,7 @@ class ComputeManager:
             self._queued.pop(future, None)
 
     def _run(self, context: Any, uuid: str, work: Callable[[], None],
-             what: str) -> None:
+             what: str, error_state: bool) -> None:
         if context is not None:
             # Log lines from this thread carry the API request's id.
             context.update_store()
@@ -195,9 +209,12 @@ class ComputeManager:
                 self._faults[uuid] = {
                     'code': 500, 'created': _utcnow(),
                     'message': '%s: %s' % (type(e).__name__, e)}
+                if error_state:
+                    self._errors.add(uuid)
         else:
             with self._lock:
                 self._faults.pop(uuid, None)
+                self._errors.discard(uuid)
         finally:
             with self._lock:
                 self._tasks.pop(uuid, None)

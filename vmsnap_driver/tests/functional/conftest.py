@@ -5,6 +5,7 @@ guests' scratch space, queued images) are in vmsnap_driver/tests/fixtures.py.
 """
 
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -13,6 +14,7 @@ from stevedore import driver as stevedore_driver
 
 from vmsnap_driver import config
 from vmsnap_driver.tests.fixtures import LIBVIRT_URI
+from vmsnap_driver.tests.functional import service as service_mod
 from vmsnap_driver.tests.functional import testguest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -70,3 +72,19 @@ def refusing_glance(workroot):
     subprocess.run([script, 'start'], env=env, check=True)
     yield 'http://127.0.0.1:9393'
     subprocess.run([script, 'stop'], env=env, check=False)
+
+
+@pytest.fixture
+def service(workroot, glance_url):
+    """Start a vmsnap-compute with extra config sections; stop it after."""
+    started = []
+
+    def start(wait=True, **sections):
+        svc = service_mod.Service(workroot, glance_url, **sections)
+        svc.glance_url = glance_url
+        started.append(svc)
+        return svc.start(wait=wait)
+    yield start
+    for svc in started:
+        svc.stop()
+        shutil.rmtree(svc.dir, ignore_errors=True)

@@ -8,7 +8,9 @@ every half second, reporting each step on its serial console so that a test
 can tell exactly what the guest had made durable before and after a snapshot.
 """
 
+import base64
 import glob
+import json
 import os
 import re
 import shutil
@@ -21,6 +23,7 @@ import uuid as uuidlib
 from xml.sax import saxutils
 
 import libvirt
+import libvirt_qemu
 
 CACHE_DIR = os.environ.get('VMSNAP_TEST_CACHE', '/var/cache/vmsnap-test')
 
@@ -386,6 +389,37 @@ class TestGuest:
 
     def inactive_xml(self) -> str:
         return self.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    # -- the guest agent -------------------------------------------------
+    def _agent(self, command: str, timeout: int = 10, **arguments) -> dict:
+        answer = libvirt_qemu.qemuAgentCommand(
+            self.dom, json.dumps({'execute': command,
+                                  'arguments': arguments}), timeout, 0)
+        return json.loads(answer)['return']
+
+    def run(self, script: str, timeout: float = 60) -> tuple:
+        """Run a shell script inside the guest: (exit code, stdout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid = self._agent('guest-exec', path='/bin/sh',
+                                  arg=['-c', script],
+                                  **{'capture-output': True})['pid']
+                break
+            except libvirt.libvirtError:
+                # The agent answers again a moment after a restore.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        while True:
+            status = self._agent('guest-exec-status', pid=pid)
+            if status['exited']:
+                return status.get('exitcode'), base64.b64decode(
+                    status.get('out-data', '')).decode(errors='replace')
+            if time.monotonic() > deadline:
+                raise AssertionError('guest command did not end: %s'
+                                     % script)
+            time.sleep(0.1)
 
 
 def read_ext4_files(image: str, image_format: str, names: list,

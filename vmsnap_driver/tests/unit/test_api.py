@@ -29,6 +29,7 @@ def make_app():
     manager = mock.Mock()
     manager.task.return_value = None
     manager.fault.return_value = None
+    manager.in_error.return_value = False
     manager.snapshot.return_value = 'img-1'
     images = mock.Mock()
     images.image_location.return_value = 'http://glance/v2/images/img-1'
@@ -134,3 +135,62 @@ def test_name_filter():
     assert body['servers'] == []
     _s, _h, body = call(application, 'GET', '/v2.1/servers?name=(')
     assert body['servers'] == []
+
+
+def test_rebuild_answers_202_with_the_server_rebuilding():
+    application, manager, _g = make_app()
+    manager.task.return_value = mock.Mock(state='rebuilding',
+                                          status='REBUILD')
+    status, _h, body = call(application, 'POST',
+                            '/v2.1/servers/%s/action' % UUID,
+                            {'rebuild': {'imageRef': UUID}})
+    assert status == 202
+    assert body['server']['status'] == 'REBUILD'
+    assert body['server']['OS-EXT-STS:task_state'] == 'rebuilding'
+    assert manager.rebuild.call_args[0][2] == UUID
+
+
+def test_rebuild_refusals_are_400_and_name_why():
+    application, manager, _g = make_app()
+    action = '/v2.1/servers/%s/action' % UUID
+    for body, words in [
+            ({'rebuild': {}}, "'imageRef' is a required property"),
+            ({'rebuild': {'imageRef': 'nope'}}, 'imageRef'),
+            ({'rebuild': {'imageRef': UUID, 'name': 'x'}},
+             'it changes nothing else')]:
+        status, _h, answer = call(application, 'POST', action, body)
+        assert status == 400, body
+        assert words in answer['badRequest']['message']
+    manager.rebuild.assert_not_called()
+    manager.rebuild.side_effect = exception.RevertRefused(
+        instance_uuid=UUID, image_id=UUID, reason='not a snapshot of it')
+    status, _h, answer = call(application, 'POST', action,
+                              {'rebuild': {'imageRef': UUID}})
+    assert status == 400
+    assert 'not a snapshot of it' in answer['badRequest']['message']
+
+
+def test_a_failed_rebuild_shows_error():
+    application, manager, _g = make_app()
+    manager.in_error.return_value = True
+    _s, _h, body = call(application, 'GET', '/v2.1/servers/' + UUID)
+    assert body['server']['status'] == 'ERROR'
+
+
+def test_create_image_metadata_may_not_set_reserved_fields():
+    application, manager, _g = make_app()
+    action = '/v2.1/servers/%s/action' % UUID
+    for key in ('visibility', 'owner', 'os_hidden', 'instance_uuid',
+                'vmsnap_mode', 'Protected'):
+        status, _h, answer = call(application, 'POST', action, {
+            'createImage': {'name': 'x', 'metadata': {key: 'v'}}})
+        assert status == 400, key
+        assert repr(key) in answer['badRequest']['message']
+    status, _h, answer = call(application, 'POST', action, {
+        'createImage': {'name': 'x', 'metadata': {
+            'k%d' % i: 'v' for i in range(129)}}})
+    assert status == 403
+    manager.snapshot.assert_not_called()
+    status, _h, _b = call(application, 'POST', action, {
+        'createImage': {'name': 'x', 'metadata': {'vmsnap_memory': 'true'}}})
+    assert status == 202

@@ -93,3 +93,41 @@ def test_task_state_changes_are_checked():
     manager.stop()
     assert 'UnexpectedTaskState' in manager.fault('u-1')['message']
     images.delete.assert_called_once_with('img-a')
+
+
+class RevertingDriver:
+    def __init__(self, refuse=None, error=None):
+        self.refuse = refuse
+        self.error = error
+        self.done = threading.Event()
+
+    def check_revert(self, context, instance, image_id):
+        if self.refuse:
+            raise self.refuse
+
+    def revert(self, context, instance, image_id):
+        self.done.set()
+        if self.error:
+            raise self.error
+
+
+def test_rebuild_runs_in_background_and_never_deletes_the_snapshot():
+    driver = RevertingDriver(error=exception.ImageCorrupt(
+        image_id='snap', reason='bad digest'))
+    manager, images = make(driver)
+    manager.rebuild(None, INSTANCE, 'snap')
+    manager.stop()
+    assert driver.done.is_set()
+    images.delete.assert_not_called()
+    assert 'bad digest' in manager.fault('u-1')['message']
+    assert manager.in_error('u-1')
+
+
+def test_refused_rebuild_raises_at_once_and_frees_the_server():
+    driver = RevertingDriver(refuse=exception.RevertRefused(
+        instance_uuid='u-1', image_id='x', reason='foreign'))
+    manager, _images = make(driver)
+    with pytest.raises(exception.RevertRefused):
+        manager.rebuild(None, INSTANCE, 'x')
+    assert manager.task('u-1') is None
+    assert not driver.done.is_set()

@@ -1,0 +1,111 @@
+"""vmsnap-compute run as its own process, and the real client against it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A running vmsnap-compute process with its own config file."""
+
+    def __init__(self, workroot, glance_url, **sections):
+        self.dir = tempfile.mkdtemp(dir=workroot, prefix='compute-')
+        os.chmod(self.dir, 0o755)
+        self.port = _free_port()
+        self.url = 'http://127.0.0.1:%d' % self.port
+        options = {
+            'DEFAULT': {'state_path': self.dir},
+            'api': {'host': '127.0.0.1', 'port': self.port},
+            'glance': {'auth_type': 'none',
+                       'endpoint_override': glance_url},
+        }
+        for section, values in sections.items():
+            options.setdefault(section, {}).update(values)
+        self.config = os.path.join(self.dir, 'vmsnap.conf')
+        with open(self.config, 'w') as f:
+            for section, values in options.items():
+                f.write('[%s]\n' % section)
+                for key, value in values.items():
+                    f.write('%s = %s\n' % (key, value))
+        self.log = os.path.join(self.dir, 'compute.log')
+        self.proc = None
+
+    def start(self, wait=True):
+        with open(self.log, 'w') as log:
+            self.proc = subprocess.Popen(
+                [os.path.join(BIN, 'vmsnap-compute'),
+                 '--config-file', self.config],
+                stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(self.url + '/', timeout=2).read()
+                    return self
+                except OSError:
+                    if self.proc.poll() is not None or (
+                            time.monotonic() > deadline):
+                        raise AssertionError('vmsnap-compute did not start:\n'
+                                             + self.log_text())
+                    time.sleep(0.2)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        return self.proc.returncode
+
+    def log_text(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def request(self, method, path, body=None, headers=None):
+        """(status, headers, parsed JSON body or None)."""
+        data = body if isinstance(body, (bytes, type(None))) else (
+            json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data,
+                                     method=method, headers=dict(
+                                         {'Content-Type': 'application/json'},
+                                         **(headers or {})))
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, hdrs, raw = resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as e:
+            status, hdrs, raw = e.code, e.headers, e.read()
+        return status, hdrs, json.loads(raw) if raw else None
+
+    def openstack(self, *args, check=True):
+        env = dict(os.environ,
+                   OS_AUTH_TYPE='none',
+                   OS_ENDPOINT=self.glance_url,
+                   OS_COMPUTE_ENDPOINT_OVERRIDE=self.url + '/v2.1',
+                   OS_IMAGE_ENDPOINT_OVERRIDE=self.glance_url)
+        result = subprocess.run([os.path.join(BIN, 'openstack')] + list(args),
+                                env=env, capture_output=True, text=True,
+                                timeout=300)
+        if check:
+            assert result.returncode == 0, (
+                'openstack %s failed:\n%s\n%s\nservice log:\n%s'
+                % (' '.join(args), result.stdout, result.stderr,
+                   self.log_text()[-3000:]))
+        return result
