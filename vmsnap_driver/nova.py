@@ -1,10 +1,12 @@
 """vmsnap inside nova-compute: Nova's LibvirtDriver with vmsnap's snapshot.
 
-Only ``snapshot`` is overridden, and it hands the work to the same engine
-vmsnap's own driver uses.  Nova's contract is kept: images go through Nova's
-image API with the request context (Nova's ``[glance]`` options, the user's
-token), they carry Nova's snapshot metadata, errors are Nova's exceptions,
-and task states move with ``expected_state`` as Nova's manager checks them.
+``snapshot`` is overridden and hands the work to the same engine vmsnap's
+own driver uses; ``rebuild`` reverts an instance rebuilt onto a vmsnap
+snapshot of itself, and leaves every other rebuild to Nova.  Nova's
+contract is kept: images go through Nova's image API with the request
+context (Nova's ``[glance]`` options, the user's token), they carry Nova's
+snapshot metadata, errors are Nova's exceptions, and task states move with
+``expected_state`` as Nova's manager checks them.
 vmsnap's options are read from nova.conf's ``[vmsnap]`` section.
 
 Importing this module imports Nova; the rest of vmsnap never does.
@@ -15,6 +17,8 @@ which makes ``compute_driver = vmsnap.LibvirtDriver`` load this class.
 
 from typing import Any
 
+import os
+
 import nova.conf
 from nova import exception as nova_exception
 from nova.virt.libvirt import driver as libvirt_driver
@@ -24,6 +28,7 @@ from oslo_log import log as logging
 from vmsnap_driver import engine
 from vmsnap_driver import exception
 from vmsnap_driver import host as host_mod
+from vmsnap_driver import restore
 from vmsnap_driver import snapshot_options
 
 LOG = logging.getLogger(__name__)
@@ -48,6 +53,9 @@ def list_opts() -> list:
     return [(group, snapshot_opts)]
 
 
+GLANCE_FIELDS = ('os_hidden',)
+
+
 class _NovaImages:
     """The engine's image calls, through Nova's image API and context."""
 
@@ -57,16 +65,31 @@ class _NovaImages:
         self._context = context
         self._instance = instance
 
-    def check_queued(self, image_id: str) -> dict:
+    def get(self, image_id: str) -> dict:
+        """The image with its properties at the top, as Glance shows it."""
         image = self._api.get(self._context, image_id)
+        flat = dict(image.get('properties') or {})
+        flat.update((k, v) for k, v in image.items() if k != 'properties')
+        return flat
+
+    def data(self, image_id: str) -> Any:
+        return self._api.download(self._context, image_id)
+
+    def check_queued(self, image_id: str) -> dict:
+        image = self.get(image_id)
         if image.get('status') != 'queued':
             raise exception.ImageNotQueued(image_id=image_id,
                                            status=image.get('status'))
         return image
 
     def create(self, name: str, properties: dict) -> dict:
-        return self._api.create(self._context, {
-            'name': name, 'properties': properties})
+        # Nova's image API sends 'properties' as strings; Glance's own
+        # fields (os_hidden is a boolean) go beside them.
+        properties = dict(properties)
+        core = {key: properties.pop(key) for key in GLANCE_FIELDS
+                if key in properties}
+        return self._api.create(self._context, dict(
+            core, name=name, properties=properties))
 
     def delete(self, image_id: str) -> None:
         try:
@@ -95,8 +118,8 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
         super().__init__(virtapi, read_only)
         register_opts(CONF)
-        self._vmsnap = engine.SnapshotEngine(
-            host_mod.Host(libvirt_driver.LibvirtDriver._uri()), CONF.vmsnap)
+        self._vmsnap_host = host_mod.Host(libvirt_driver.LibvirtDriver._uri())
+        self._vmsnap = engine.SnapshotEngine(self._vmsnap_host, CONF.vmsnap)
 
     def snapshot(self, context: Any, instance: Any, image_id: str,
                  update_task_state: Any) -> None:
@@ -108,4 +131,30 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
             raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)
         except exception.VmsnapException as e:
             # Nova's manager logs and reports NovaException messages.
+            raise nova_exception.NovaException(str(e))
+
+    def rebuild(self, context: Any, instance: Any, image_meta: Any,
+                **kwargs: Any) -> None:
+        """Revert an instance rebuilt onto a vmsnap snapshot of itself.
+
+        Nova's manager calls this with keyword arguments; any rebuild that
+        is not a revert (another image, an evacuation, a boot volume)
+        raises NotImplementedError, on which the manager runs its own
+        default rebuild.
+        """
+        images = _NovaImages(self, context, instance)
+        image_id = getattr(image_meta, 'id', None)
+        if (kwargs.get('evacuate') or kwargs.get('reimage_boot_volume')
+                or not image_id
+                or not restore.is_snapshot_of(images.get(image_id),
+                                              instance.uuid)):
+            raise NotImplementedError()
+        try:
+            restore.revert(self._vmsnap_host.get_guest(instance.uuid),
+                           images, image_id,
+                           os.path.join(CONF.state_path, 'vmsnap'),
+                           CONF.vmsnap.snapshots_directory)
+        except exception.InstanceNotFound:
+            raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)
+        except exception.VmsnapException as e:
             raise nova_exception.NovaException(str(e))

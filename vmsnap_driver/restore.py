@@ -138,6 +138,13 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str) -> Plan:
                 state=guest.state())
 
 
+def is_snapshot_of(image: dict, instance_uuid: str) -> bool:
+    """Whether rebuilding ``instance_uuid`` onto ``image`` is a revert."""
+    return (image.get('instance_uuid') == instance_uuid
+            and bool(image.get(DIGEST_PROPERTY))
+            and not image.get(memory_image.OF_PROPERTY))
+
+
 def _check_snapshot(image: dict, instance_uuid: str, refuse) -> None:
     if image.get('status') != glance.ACTIVE:
         refuse('image %s is "%s", not active' % (image['id'],

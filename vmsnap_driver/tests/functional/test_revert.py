@@ -11,7 +11,6 @@ import glob
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -46,24 +45,6 @@ def _write_marker(guest):
     code, _out = guest.run('echo later > %s && sync' % MARKER)
     assert code == 0
     assert guest.run('cat %s' % MARKER) == (0, 'later\n')
-
-
-def _resumed_counter(guest, offset, timeout=30):
-    """The first counter the guest printed after going back in time.
-
-    The guest counts on while the revert stages its disks; the resumed
-    guest prints a value lower than the one before it.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        values = [int(n) for n in re.findall(r'VMSNAP-COUNTER (\d+)\r?\n',
-                                             guest.console_text()[offset:])]
-        for previous, value in zip(values, values[1:]):
-            if value < previous:
-                return value
-        time.sleep(0.2)
-    raise AssertionError('the counter never went back: %s'
-                         % guest.console_text()[offset:][-500:])
 
 
 def _no_leftovers(svc, guest):
@@ -107,7 +88,7 @@ def test_memory_snapshot_then_rebuild_resumes_at_the_snapshot(
 
     assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
     assert guest.boots() == 1, 'the guest booted instead of resuming'
-    first = _resumed_counter(guest, offset)
+    first = guest.resumed_counter(offset)
     # It continues from where it was at the snapshot, not from 'ahead'.
     assert before <= first <= after + 1 < ahead, (before, first, after,
                                                   ahead)

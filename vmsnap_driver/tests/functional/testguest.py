@@ -366,8 +366,24 @@ class TestGuest:
             time.sleep(0.2)
 
     def counters(self) -> list:
-        return [int(n) for n in
-                re.findall(r'VMSNAP-COUNTER (\d+)\r?\n', self.console_text())]
+        return counters_in(self.console_text())
+
+    def resumed_counter(self, offset: int, timeout: float = 30) -> int:
+        """The first counter printed after going back in time.
+
+        ``offset`` is where the console stood before a revert: the guest
+        counts on while the revert stages its disks, then a guest resumed
+        from an earlier memory state prints a lower value.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            values = counters_in(self.console_text()[offset:])
+            for previous, value in zip(values, values[1:]):
+                if value < previous:
+                    return value
+            time.sleep(0.2)
+        raise AssertionError('the counter never went back: %s'
+                             % self.console_text()[offset:][-500:])
 
     def last_counter(self) -> int:
         values = self.counters()
@@ -420,6 +436,11 @@ class TestGuest:
                 raise AssertionError('guest command did not end: %s'
                                      % script)
             time.sleep(0.1)
+
+
+def counters_in(console: str) -> list:
+    """The counter values a console text shows, in order."""
+    return [int(n) for n in re.findall(r'VMSNAP-COUNTER (\d+)\r?\n', console)]
 
 
 def read_ext4_files(image: str, image_format: str, names: list,

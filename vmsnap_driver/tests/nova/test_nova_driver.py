@@ -121,6 +121,73 @@ def test_snapshot_as_nova_manager_calls_it(nova_driver, conn, workroot,
         guest.destroy()
 
 
+def rebuild_kwargs(context, instance, image_id):
+    """What Nova's manager passes to driver.rebuild, as keywords."""
+    return dict(
+        context=context, instance=instance,
+        image_meta=objects.ImageMeta.from_dict({
+            'id': image_id, 'disk_format': 'qcow2',
+            'container_format': 'bare', 'properties': {}}),
+        injected_files=[], admin_password=None, allocations={},
+        bdms=objects.BlockDeviceMappingList(objects=[]),
+        detach_block_devices=lambda *a, **k: None,
+        attach_block_devices=lambda *a, **k: None,
+        network_info=[], evacuate=False, block_device_info=None,
+        preserve_ephemeral=False, accel_uuids=[],
+        reimage_boot_volume=False)
+
+
+def test_rebuild_onto_own_snapshot_reverts_with_memory(
+        nova_driver, conn, workroot, glance):
+    guest = testguest.TestGuest(
+        conn, tempfile.mkdtemp(dir=workroot, prefix='guest-'), agent=True)
+    created = []
+    try:
+        guest.start()
+        context = nova_context.RequestContext('user', 'project',
+                                              auth_token='a-token')
+        image = glance.images.create(name='nova memory snapshot',
+                                     vmsnap_memory='true')
+        created.append(image['id'])
+        before = guest.last_counter()
+        nova_driver.snapshot(context, make_instance(guest), image['id'],
+                             ManagerTaskStates())
+        after = guest.last_counter()
+        snapshot = glance.images.get(image['id'])
+        assert snapshot['vmsnap_consistency'] == 'memory'
+        memory = glance.images.get(snapshot['vmsnap_memory_image'])
+        created.append(memory['id'])
+        assert memory['os_hidden'] is True
+        assert memory['container_format'] == 'compressed'
+
+        assert guest.run('echo later > /mnt/later && sync')[0] == 0
+        guest.wait_counter_above(after + 3)
+        instance = make_instance(guest)
+        instance.task_state = task_states.REBUILDING
+        offset = len(guest.console_text())
+        nova_driver.rebuild(**rebuild_kwargs(context, instance,
+                                             image['id']))
+
+        assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
+        assert guest.boots() == 1
+        assert guest.run('test -e /mnt/later')[0] == 1
+        first = guest.resumed_counter(offset)
+        assert before <= first <= after + 1, (before, first, after)
+
+        # Any other image is Nova's to rebuild onto.
+        other = glance.images.create(name='not a snapshot',
+                                     disk_format='raw',
+                                     container_format='bare')
+        created.append(other['id'])
+        with pytest.raises(NotImplementedError):
+            nova_driver.rebuild(**rebuild_kwargs(context, instance,
+                                                 other['id']))
+    finally:
+        for image_id in created:
+            glance.images.delete(image_id)
+        guest.destroy()
+
+
 def test_vmsnap_section_is_listed_for_nova_conf():
     import subprocess
     import sys
