@@ -5,7 +5,7 @@ stevedore namespace (entry point ``libvirt``); the work is done by
 :mod:`vmsnap_driver.engine`.
 """
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from oslo_concurrency import lockutils
 from oslo_config import cfg
@@ -14,6 +14,7 @@ from vmsnap_driver import config
 from vmsnap_driver import engine
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
+from vmsnap_driver import recovery
 from vmsnap_driver import restore
 
 # Kept here too: callers know them from the driver, as in Nova.
@@ -29,7 +30,8 @@ class LibvirtDriver:
         self.virtapi = virtapi
         self._conf = conf
         self._host = host_mod.Host(conf.libvirt.connection_uri)
-        self._engine = engine.SnapshotEngine(self._host, conf.libvirt)
+        self._engine = engine.SnapshotEngine(self._host, conf.libvirt,
+                                             conf.state_path)
         self._images = glance.ImageService(conf)
 
     def snapshot(self, context: Any, instance: Any, image_id: str,
@@ -69,6 +71,15 @@ class LibvirtDriver:
                            self._images, image_id, self._conf.state_path,
                            self._conf.libvirt.snapshots_directory,
                            progress or (lambda _n: None))
+
+    def recover(self) -> List[recovery.Outcome]:
+        """Finish or undo what operations of a killed process left.
+
+        Called before a compute service takes requests (and by ``vmsnap
+        recover``): every guest is brought back to the state it had.
+        """
+        return recovery.recover(self._host, self._images,
+                                self._conf.state_path)
 
 
 def _instance_lock(instance_uuid: str) -> Any:

@@ -8,6 +8,7 @@ options live and how images are reached (``images``).
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Optional
 import uuid as uuidlib
@@ -22,6 +23,7 @@ from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import image_properties
 from vmsnap_driver import image_stream
+from vmsnap_driver import journal
 from vmsnap_driver import memory_image
 from vmsnap_driver import nbd
 from vmsnap_driver import qemu_img
@@ -29,6 +31,9 @@ from vmsnap_driver import quiesce
 from vmsnap_driver import workspace
 
 LOG = logging.getLogger(__name__)
+
+# The kind of journal record a snapshot writes.
+KIND = 'snapshot'
 
 # Nova's task states, as its compute manager expects them.
 IMAGE_PENDING_UPLOAD = 'image_pending_upload'
@@ -53,11 +58,15 @@ class SnapshotEngine:
 
     :param options: the snapshot options group (``[libvirt]`` or
         ``[vmsnap]``).
+    :param state_path: where the journal records what each snapshot
+        changes, for recovery after a crash.
     """
 
-    def __init__(self, host: host_mod.Host, options: Any) -> None:
+    def __init__(self, host: host_mod.Host, options: Any,
+                 state_path: str) -> None:
         self._host = host
         self._options = options
+        self._state_path = state_path
 
     def take(self, instance: Any, image_id: str,
              update_task_state: TaskStateCallback, images: Any) -> None:
@@ -67,17 +76,25 @@ class SnapshotEngine:
             ``delete``, ``upload``, ``set_properties``.
         """
         plan = self._plan(instance, image_id, images)
-        group = _ImageGroup(images, plan.image, plan.disks, instance.uuid,
-                            memory=plan.memory)
+        record = journal.begin(self._state_path, KIND, instance.uuid,
+                               images=[image_id])
         try:
-            update_task_state(task_state=IMAGE_PENDING_UPLOAD)
-            with workspace.workspace(self._options.snapshots_directory,
-                                     plan.space_needed()) as workdir:
-                self._capture_and_upload(instance, plan, group, workdir,
-                                         update_task_state, images)
-        except Exception:
-            group.delete_created()
-            raise
+            group = _ImageGroup(images, plan.image, plan.disks,
+                                instance.uuid, memory=plan.memory,
+                                record=record)
+            try:
+                update_task_state(task_state=IMAGE_PENDING_UPLOAD)
+                with workspace.workspace(self._options.snapshots_directory,
+                                         plan.space_needed()) as workdir:
+                    record.update(workdir=workdir)
+                    self._capture_and_upload(instance, plan, group, workdir,
+                                             update_task_state, images,
+                                             record)
+            except Exception:
+                group.delete_created()
+                raise
+        finally:
+            _end(record)
         LOG.info('Snapshot image %(image)s is active%(others)s',
                  {'image': image_id, 'others': group.describe_others()},
                  instance_uuid=instance.uuid)
@@ -130,7 +147,7 @@ class SnapshotEngine:
     def _capture_and_upload(self, instance: Any, plan: '_Plan',
                             group: '_ImageGroup', workdir: str,
                             update_task_state: TaskStateCallback,
-                            images: Any) -> None:
+                            images: Any, record: journal.Record) -> None:
         """Stream each disk into its image, or flatten then upload it.
 
         A stream is read while the capture holds the disks still; a file is
@@ -138,8 +155,10 @@ class SnapshotEngine:
         """
         fmt = plan.image_format
         flats = []
-        with plan.strategy.capture(plan.guest, plan.disks, plan.chains,
-                                   workdir, plan.freezer.frozen) as views:
+        with plan.strategy.capture(
+                plan.guest, plan.disks, plan.chains, workdir,
+                functools.partial(plan.freezer.frozen, record),
+                record) as views:
             if plan.streamed:
                 update_task_state(task_state=IMAGE_UPLOADING,
                                   expected_state=IMAGE_PENDING_UPLOAD)
@@ -262,8 +281,10 @@ class _ImageGroup:
 
     def __init__(self, images: Any, root_image: dict,
                  disks: list, instance_uuid: str,
-                 memory: bool = False) -> None:
+                 memory: bool = False,
+                 record: Optional[journal.Record] = None) -> None:
         self._images = images
+        self._record = record or journal.Unrecorded()
         self._ids = {disks[0].target: root_image['id']}
         self._created = []
         self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
@@ -272,18 +293,23 @@ class _ImageGroup:
             if memory:
                 self.memory_image_id = memory_image.create(
                     images, root_image.get('name'), instance_uuid)['id']
-                self._created.append(self.memory_image_id)
+                self._add(self.memory_image_id)
             for disk in disks[1:]:
                 created = images.create(
                     '%s (%s)' % (root_image.get('name') or 'snapshot',
                                  disk.target),
                     {'image_type': 'snapshot',
                      'instance_uuid': instance_uuid})
-                self._created.append(created['id'])
+                self._add(created['id'])
                 self._ids[disk.target] = created['id']
         except Exception:
             self.delete_created()
             raise
+
+    def _add(self, image_id: str) -> None:
+        self._created.append(image_id)
+        self._record.update(
+            images=self._record.facts.get('images', []) + [image_id])
 
     def image_id(self, disk: Any) -> str:
         return self._ids[disk.target]
@@ -325,6 +351,18 @@ def _flatten(view: capture_base.DiskView, dest: str, image_format: str,
     else:
         qemu_img.convert_nbd(view.nbd_socket, view.nbd_export, dest,
                              image_format, compress=compress)
+
+
+def _end(record: journal.Record) -> None:
+    """Drop the record, unless it says a change is still not undone."""
+    left = journal.outstanding(record.facts, capture_base.RECORDED_CHANGES)
+    if left:
+        LOG.error('The snapshot could not undo %(left)s; its record %(id)s '
+                  'is kept: "vmsnap recover" (or the next start) finishes '
+                  'the job', {'left': ', '.join(left), 'id': record.id},
+                  instance_uuid=record.facts['instance_uuid'])
+        return
+    record.remove()
 
 
 def _memory_requested(image: dict, options: Any) -> bool:

@@ -290,6 +290,15 @@ class Guest:
         with self._translated('start a backup of %s' % ', '.join(targets)):
             self._domain.backupBegin(xml, None, 0)
 
+    def backup_socket(self) -> Optional[str]:
+        """The NBD socket of the domain's pull backup, if one runs."""
+        try:
+            xml = self._domain.backupGetXMLDesc(0)
+        except libvirt.libvirtError:
+            return None
+        server = ElementTree.fromstring(xml).find('./server')
+        return server.get('socket') if server is not None else None
+
     def abort_job(self) -> None:
         """End the domain's job (a pull backup ends this way)."""
         with self._translated('end the backup job'):
@@ -326,6 +335,20 @@ class Guest:
         if not info:
             return None
         return BlockJob(cur=info['cur'], end=info['end'])
+
+    def mirror_of(self, disk: str) -> Optional[str]:
+        """The file a block copy of ``disk`` writes into, if one runs."""
+        with self._translated('read the domain XML'):
+            xml = self._domain.XMLDesc(0)
+        for node in ElementTree.fromstring(xml).findall('./devices/disk'):
+            target = node.find('target')
+            mirror = node.find('mirror')
+            if target is not None and target.get('dev') == disk and (
+                    mirror is not None):
+                source = mirror.find('source')
+                return (source.get('file') if source is not None
+                        else mirror.get('file'))
+        return None
 
     def abort_block_job(self, disk: str) -> None:
         """Cancel the disk's block job and wait until it is gone.

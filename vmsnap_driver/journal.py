@@ -72,6 +72,24 @@ class Record:
         _fsync_directory(os.path.dirname(self.path))
 
 
+class Unrecorded(Record):
+    """A record kept in memory only: for callers with nothing to recover."""
+
+    def __init__(self) -> None:
+        super().__init__('', {'id': 'unrecorded'})
+
+    def update(self, **facts: Any) -> None:
+        self.facts.update(facts)
+
+    def remove(self) -> None:
+        pass
+
+
+def outstanding(facts: Dict[str, Any], keys: tuple) -> List[str]:
+    """Which of the changes ``keys`` name the record says are not undone."""
+    return [key for key in keys if facts.get(key)]
+
+
 def begin(state_path: str, kind: str, instance_uuid: str,
           **facts: Any) -> Record:
     """Write a new record for an operation about to start."""

@@ -20,6 +20,7 @@ from typing import Any
 import os
 
 import nova.conf
+from nova import context as nova_context
 from nova import exception as nova_exception
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_config import cfg
@@ -28,6 +29,7 @@ from oslo_log import log as logging
 from vmsnap_driver import engine
 from vmsnap_driver import exception
 from vmsnap_driver import host as host_mod
+from vmsnap_driver import recovery
 from vmsnap_driver import restore
 from vmsnap_driver import snapshot_options
 
@@ -54,6 +56,11 @@ def list_opts() -> list:
 
 
 GLANCE_FIELDS = ('os_hidden',)
+
+
+def _state_path() -> str:
+    """vmsnap's journal, inside Nova's state_path."""
+    return os.path.join(CONF.state_path, 'vmsnap')
 
 
 class _NovaImages:
@@ -119,7 +126,18 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
         super().__init__(virtapi, read_only)
         register_opts(CONF)
         self._vmsnap_host = host_mod.Host(libvirt_driver.LibvirtDriver._uri())
-        self._vmsnap = engine.SnapshotEngine(self._vmsnap_host, CONF.vmsnap)
+        self._vmsnap = engine.SnapshotEngine(self._vmsnap_host, CONF.vmsnap,
+                                             _state_path())
+
+    def init_host(self, host: str) -> None:
+        """Nova's start-up, then vmsnap's recovery of what a crash left."""
+        super().init_host(host)
+        context = nova_context.get_admin_context()
+        for outcome in recovery.recover(
+                self._vmsnap_host, _NovaImages(self, context, None),
+                _state_path()):
+            LOG.warning('%s', outcome.message,
+                        instance_uuid=outcome.instance_uuid)
 
     def snapshot(self, context: Any, instance: Any, image_id: str,
                  update_task_state: Any) -> None:
@@ -151,8 +169,7 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
             raise NotImplementedError()
         try:
             restore.revert(self._vmsnap_host.get_guest(instance.uuid),
-                           images, image_id,
-                           os.path.join(CONF.state_path, 'vmsnap'),
+                           images, image_id, _state_path(),
                            CONF.vmsnap.snapshots_directory)
         except exception.InstanceNotFound:
             raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)

@@ -11,12 +11,13 @@ that answered late may have frozen after all.
 import contextlib
 import dataclasses
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from oslo_log import log as logging
 
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import journal
 
 LOG = logging.getLogger(__name__)
 
@@ -95,15 +96,18 @@ class Freezer:
         self.seconds = 0.0
 
     @contextlib.contextmanager
-    def frozen(self) -> Iterator[None]:
+    def frozen(self, record: Optional[journal.Record] = None
+               ) -> Iterator[None]:
         if not self._plan.freeze:
             yield
             return
+        record = record if record is not None else journal.Unrecorded()
         started = time.monotonic()
+        record.update(frozen=True)
         try:
             count = self._guest.freeze_filesystems(self._timeout)
         except exception.HypervisorError as e:
-            self._thaw()
+            self._thaw(record)
             if self._plan.required:
                 raise exception.QuiesceFailed(instance_uuid=self._guest.uuid,
                                               reason=e.message)
@@ -115,16 +119,17 @@ class Freezer:
         try:
             yield
         finally:
-            self._thaw()
+            self._thaw(record)
             self.seconds = time.monotonic() - started
         self.level = FILESYSTEM_FROZEN
         LOG.info('%(count)d filesystem(s) frozen for %(secs).3f s',
                  {'count': count, 'secs': self.seconds},
                  instance_uuid=self._guest.uuid)
 
-    def _thaw(self) -> None:
+    def _thaw(self, record: journal.Record) -> None:
         try:
             self._guest.thaw_filesystems()
+            record.update(frozen=False)
         except exception.HypervisorError as e:
             LOG.error('Thawing the filesystems failed: %s. If the guest is '
                       'frozen, run "virsh domfsthaw %s".', e.message,

@@ -17,6 +17,7 @@ from oslo_log import log as logging
 
 from vmsnap_driver.capture import base
 from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import journal
 
 LOG = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ LOG = logging.getLogger(__name__)
 @contextlib.contextmanager
 def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                workdir: str, qemu_owner: Optional[Tuple[int, int]],
-               freeze: base.Freeze = contextlib.nullcontext) -> Iterator[str]:
+               freeze: base.Freeze = contextlib.nullcontext,
+               record: Optional[journal.Record] = None) -> Iterator[str]:
     """Export ``disks`` as they are now; yield the NBD socket path.
 
     Each disk is an export named after its target.  QEMU creates the
@@ -37,8 +39,14 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
         os.chown(directory, *qemu_owner)
     socket_path = os.path.join(directory, 'nbd.sock')
     targets = [disk.target for disk in disks]
+    record = base.unrecorded(record)
+    record.update(backup_socket=socket_path)
     with freeze():
-        guest.backup_begin(targets, socket_path, directory)
+        try:
+            guest.backup_begin(targets, socket_path, directory)
+        except Exception:
+            record.update(backup_socket=None)
+            raise
     LOG.debug('Disks %(disks)s exported over NBD at %(socket)s',
               {'disks': targets, 'socket': socket_path},
               instance_uuid=guest.uuid)
@@ -46,6 +54,7 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
         yield socket_path
     finally:
         guest.abort_job()
+        record.update(backup_socket=None)
         LOG.debug('Backup job of %(disks)s ended', {'disks': targets},
                   instance_uuid=guest.uuid)
 
@@ -81,11 +90,12 @@ class BackupCapture(base.Capture):
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                 chains: List[base.Chain], workdir: str,
-                freeze: base.Freeze = contextlib.nullcontext
+                freeze: base.Freeze = contextlib.nullcontext,
+                record: Optional[journal.Record] = None
                 ) -> Iterator[List[base.DiskView]]:
         started = base.utcnow()
         with nbd_export(guest, disks, workdir, self.qemu_owner,
-                        freeze) as sock:
+                        freeze, record) as sock:
             captured = base.utcnow()
             LOG.info('Disks %(disks)s of guest %(name)s frozen in time for '
                      'a live snapshot in %(secs).3f s',

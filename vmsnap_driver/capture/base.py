@@ -19,6 +19,7 @@ from oslo_log import log as logging
 
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import journal
 from vmsnap_driver import qemu_img
 
 LOG = logging.getLogger(__name__)
@@ -53,6 +54,16 @@ class MemoryState:
     path: str
     state: str
     pause_seconds: float
+
+
+# What captures record in the operation's journal record while it is true:
+# a backup job's socket, a block copy, a pause, a save, a freeze.
+RECORDED_CHANGES = ('backup_socket', 'block_copy', 'paused', 'saved',
+                    'frozen')
+
+
+def unrecorded(record: Optional[journal.Record]) -> journal.Record:
+    return record if record is not None else journal.Unrecorded()
 
 
 Freeze = Callable[[], ContextManager[None]]
@@ -106,7 +117,8 @@ class Capture(abc.ABC):
     @abc.abstractmethod
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                 chains: List[Chain], workdir: str,
-                freeze: Freeze = contextlib.nullcontext
+                freeze: Freeze = contextlib.nullcontext,
+                record: journal.Record = None
                 ) -> ContextManager[List[DiskView]]:
         """Capture ``disks`` at one instant; yield a view of each, in order.
 
@@ -114,4 +126,7 @@ class Capture(abc.ABC):
         time (it freezes the guest's filesystems when asked to).  On exit,
         normal or not, the guest must be in the state it had before and
         nothing the capture created may remain outside ``workdir``.
+        Before each change to the guest (a job, a pause, a save) the
+        capture says so in ``record``, and again once it is undone:
+        recovery undoes what a killed process left (RECORDED_CHANGES).
         """

@@ -26,8 +26,13 @@ from vmsnap_driver.capture import backup
 from vmsnap_driver.capture import base
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import journal
 
 LOG = logging.getLogger(__name__)
+
+
+# The journal's word for a guest in libvirt's managed save.
+MANAGED = 'managed'
 
 
 class ManagedSaveCapture(base.Capture):
@@ -61,10 +66,12 @@ class ManagedSaveCapture(base.Capture):
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                 chains: List[base.Chain], workdir: str,
-                freeze: base.Freeze = contextlib.nullcontext
+                freeze: base.Freeze = contextlib.nullcontext,
+                record: Optional[journal.Record] = None
                 ) -> Iterator[List[base.DiskView]]:
         # A saved guest is not frozen: quiesce.plan never asks a cold
         # capture to freeze.
+        record = base.unrecorded(record)
         state = guest.state()
         started = base.utcnow()
 
@@ -79,6 +86,7 @@ class ManagedSaveCapture(base.Capture):
         stopped_at = time.monotonic()
         if self.memory_bytes:
             path = os.path.join(workdir, 'memory.save')
+            record.update(saved=path, saved_state=state)
             guest.save(path)
 
             def launch(paused):
@@ -90,11 +98,13 @@ class ManagedSaveCapture(base.Capture):
                     kept = os.path.join(os.path.dirname(workdir),
                                         '%s.save' % guest.uuid)
                     os.replace(path, kept)
+                    record.update(saved=kept)
                     raise exception.HypervisorError(
                         action='restore the guest', instance_uuid=guest.uuid,
                         reason='%s; its memory is kept in %s: "virsh restore '
                                '%s" brings it back' % (e.message, kept, kept))
         else:
+            record.update(saved=MANAGED, saved_state=state)
             guest.managed_save(paused=saved_paused)
 
             def launch(paused):
@@ -116,22 +126,27 @@ class ManagedSaveCapture(base.Capture):
                 yield files(captured)
             finally:
                 _restore(guest, state, lambda: launch(saved_paused))
+                record.update(saved=None)
                 remember_memory()
             return
 
-        _restore(guest, state, lambda: launch(True))
         resumed = state != guest_mod.RUNNING
+        record.update(paused=not resumed)
+        _restore(guest, state, lambda: launch(True))
+        record.update(saved=None)
         try:
             with backup.nbd_export(guest, disks, workdir,
-                                   self.qemu_owner) as sock:
+                                   self.qemu_owner, record=record) as sock:
                 if not resumed:
                     base.resume(guest, state)
                     resumed = True
+                    record.update(paused=False)
                 remember_memory()
                 yield backup.views(disks, sock, started, captured)
         finally:
             if not resumed:
                 base.resume(guest, state)
+                record.update(paused=False)
 
 
 def _restore(guest: guest_mod.Guest, state: str, launch) -> None:

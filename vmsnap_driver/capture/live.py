@@ -18,6 +18,7 @@ from oslo_log import log as logging
 from vmsnap_driver.capture import base
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import journal
 from vmsnap_driver import qemu_img
 
 LOG = logging.getLogger(__name__)
@@ -51,8 +52,10 @@ class BlockCopyCapture(base.Capture):
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                 chains: List[base.Chain], workdir: str,
-                freeze: base.Freeze = contextlib.nullcontext
+                freeze: base.Freeze = contextlib.nullcontext,
+                record: Optional[journal.Record] = None
                 ) -> Iterator[List[base.DiskView]]:
+        record = base.unrecorded(record)
         if len(disks) != 1:
             # Block jobs end one by one: several disks would not be
             # captured at one instant (decide.choose never asks this).
@@ -64,6 +67,7 @@ class BlockCopyCapture(base.Capture):
         qemu_img.create_overlay(copy, top.virtual_size, top.backing_file,
                                 top.backing_format)
         started = base.utcnow()
+        record.update(block_copy={'disk': disk.target, 'dest': copy})
         guest.block_copy(disk.target, copy, 'qcow2', self.bandwidth)
         LOG.debug('Block copy of %(disk)s into %(copy)s started',
                   {'disk': disk.target, 'copy': copy})
@@ -74,6 +78,7 @@ class BlockCopyCapture(base.Capture):
                 guest.abort_block_job(disk.target)
         finally:
             self._cancel(guest, disk)
+            record.update(block_copy=None)
         captured = base.utcnow()
         LOG.info('Disk %(disk)s of guest %(name)s copied live in %(secs).2f s',
                  {'disk': disk.target, 'name': guest.name,

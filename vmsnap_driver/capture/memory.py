@@ -21,6 +21,7 @@ from oslo_log import log as logging
 from vmsnap_driver.capture import backup
 from vmsnap_driver.capture import base
 from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import journal
 
 LOG = logging.getLogger(__name__)
 
@@ -53,30 +54,34 @@ class MemoryCapture(base.Capture):
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                 chains: List[base.Chain], workdir: str,
-                freeze: base.Freeze = contextlib.nullcontext
+                freeze: base.Freeze = contextlib.nullcontext,
+                record: Optional[journal.Record] = None
                 ) -> Iterator[List[base.DiskView]]:
+        record = base.unrecorded(record)
         # No freeze: the memory state holds the filesystems' own caches,
         # so a restore continues from it with nothing to replay.
         state = guest.state()
         path = os.path.join(workdir, MEMORY_FILE)
         started = base.utcnow()
+        paused = state == guest_mod.RUNNING
+        record.update(paused=paused)
         try:
             downtime = guest.save_memory(path)
         except Exception:
             # libvirt resumes the guest when the snapshot fails; make sure.
-            if (state == guest_mod.RUNNING
-                    and guest.state() == guest_mod.PAUSED):
+            if paused and guest.state() == guest_mod.PAUSED:
                 base.resume(guest, state)
+            record.update(paused=False)
             raise
         paused_at = time.monotonic()
-        paused = state == guest_mod.RUNNING
         try:
             with backup.nbd_export(guest, disks, workdir,
-                                   self.qemu_owner) as sock:
+                                   self.qemu_owner, record=record) as sock:
                 captured = base.utcnow()
                 if paused:
                     base.resume(guest, state)
                     paused = False
+                    record.update(paused=False)
                 pause = downtime + time.monotonic() - paused_at
                 self.memory = base.MemoryState(path, state, pause)
                 LOG.info('Memory and disks %(disks)s of guest %(name)s '
@@ -89,3 +94,4 @@ class MemoryCapture(base.Capture):
         finally:
             if paused:
                 base.resume(guest, state)
+                record.update(paused=False)

@@ -63,6 +63,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     images = glance.ImageService(CONF)
     manager = manager_mod.ComputeManager(driver, images,
                                          CONF.max_concurrent_snapshots)
+    # Before the first request: no guest stays as a killed process left it.
+    for outcome in driver.recover():
+        manager.record_fault(outcome.instance_uuid, outcome.message)
     server = wsgi.Server((api.host, api.port), build_app(manager, images),
                          numthreads=api.threads,
                          server_name='vmsnap-compute')

@@ -40,6 +40,11 @@ def _add_parsers(subparsers) -> None:
     parser.add_argument('image_id', help='A snapshot of that guest.')
     parser.add_argument('--no-progress', action='store_true',
                         help='Do not draw a progress bar.')
+    subparsers.add_parser(
+        'recover', help='Finish or undo what a killed vmsnap left (a '
+                        'saved or paused guest, a backup job, a half-done '
+                        'revert, queued images), as vmsnap-compute does at '
+                        'start-up.  Run it with vmsnap-compute stopped.')
 
 
 command_opt = cfg.SubCommandOpt('command', title='Commands',
@@ -47,9 +52,7 @@ command_opt = cfg.SubCommandOpt('command', title='Commands',
 
 
 def _revert() -> int:
-    driver = stevedore_driver.DriverManager(
-        'vmsnap.compute_drivers', CONF.compute_driver,
-        invoke_on_load=True).driver
+    driver = _load_driver()
     try:
         guest = host_mod.Host(CONF.libvirt.connection_uri).lookup(
             CONF.command.server)
@@ -70,11 +73,29 @@ def _revert() -> int:
     return 0
 
 
+def _load_driver():
+    return stevedore_driver.DriverManager(
+        'vmsnap.compute_drivers', CONF.compute_driver,
+        invoke_on_load=True).driver
+
+
+def _recover() -> int:
+    outcomes = _load_driver().recover()
+    for outcome in outcomes:
+        print('%-8s %-9s %s' % ('ok' if outcome.settled else 'FAILED',
+                                outcome.kind, outcome.instance_uuid))
+    if not outcomes:
+        print('nothing to recover')
+    return 0 if all(o.settled for o in outcomes) else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     CONF.register_cli_opt(command_opt)
     config.parse_args(sys.argv[1:] if argv is None else argv)
     if CONF.command.name == 'revert':
         return _revert()
+    if CONF.command.name == 'recover':
+        return _recover()
     images = glance.ImageService(CONF)
     try:
         # The download is a full image: put it where snapshots go, which

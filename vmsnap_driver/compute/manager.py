@@ -92,6 +92,12 @@ class ComputeManager:
         with self._lock:
             return self._faults.get(instance_uuid)
 
+    def record_fault(self, instance_uuid: str, message: str) -> None:
+        """A fault found outside a task: what recovery did at start-up."""
+        with self._lock:
+            self._faults[instance_uuid] = {'code': 500, 'created': _utcnow(),
+                                           'message': message}
+
     def in_error(self, instance_uuid: str) -> bool:
         """The server's last rebuild failed (its guest is as it was)."""
         with self._lock:

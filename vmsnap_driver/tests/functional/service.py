@@ -46,11 +46,13 @@ class Service:
         self.proc = None
 
     def start(self, wait=True):
-        with open(self.log, 'w') as log:
+        with open(self.log, 'a') as log:
+            # Its own process group: a test can kill it and its children.
             self.proc = subprocess.Popen(
                 [os.path.join(BIN, 'vmsnap-compute'),
                  '--config-file', self.config],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
         if wait:
             deadline = time.monotonic() + 30
             while True:
@@ -74,6 +76,11 @@ class Service:
                 self.proc.kill()
                 raise
         return self.proc.returncode
+
+    def kill(self):
+        """SIGKILL the whole process group, as an OOM or a reboot would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def log_text(self):
         with open(self.log) as f:

@@ -45,7 +45,7 @@ def steps(tmp_path):
             return 0
 
         @contextlib.contextmanager
-        def capture(self, guest, disks, chains, workdir, freeze):
+        def capture(self, guest, disks, chains, workdir, freeze, record):
             log.append('capture')
             with freeze():
                 log.append('point in time')

@@ -1,0 +1,143 @@
+"""Finish or undo what a killed vmsnap left, from the journal, at start-up.
+
+Every operation that changes a guest writes what it is about to change into
+its journal record (:mod:`vmsnap_driver.journal`) and clears each change
+once undone.  A record still on disk at start-up belongs to a process that
+died mid-way; this module reads each one and puts things right, changing
+only what the record says vmsnap changed:
+
+- a snapshot: thaw the filesystems it froze, cancel the block copy or end
+  the backup job it started (recognised by its destination file or NBD
+  socket, never another's), restore the guest it saved, resume the guest it
+  paused (a guest the user paused stays paused), remove its workspace, and
+  delete the images it created that never became ``active``;
+- a revert: :func:`vmsnap_driver.restore.settle` keeps a guest that runs
+  on its new disks, or puts the old disks back and restores the guest from
+  its safety save.
+
+Each action is logged with the instance UUID; what happened to each
+operation is returned, so a service can show it as a fault on the server.
+"""
+
+import dataclasses
+import os
+import shutil
+from typing import Any, List, Optional
+
+from oslo_log import log as logging
+
+from vmsnap_driver.capture import cold
+from vmsnap_driver import exception
+from vmsnap_driver import glance
+from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import journal
+from vmsnap_driver import restore
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Outcome:
+    instance_uuid: str
+    kind: str
+    settled: bool
+    message: str
+
+
+def recover(host: Any, images: Any, state_path: str) -> List[Outcome]:
+    outcomes = []
+    for record in journal.pending(state_path):
+        facts = record.facts
+        uuid = facts.get('instance_uuid')
+        LOG.warning('Found the record of an unfinished %(kind)s (%(id)s): '
+                    'recovering', {'kind': facts.get('kind'),
+                                   'id': record.id}, instance_uuid=uuid)
+        try:
+            guest = host.get_guest(uuid)
+        except exception.InstanceNotFound:
+            guest = None
+        try:
+            if facts.get('kind') == restore.KIND:
+                settled = _revert(guest, facts)
+            else:
+                settled = _snapshot(guest, facts, images)
+        except (OSError, exception.VmsnapException) as e:
+            LOG.error('Recovery of %(id)s failed: %(error)s; the record is '
+                      'kept, run "vmsnap recover" again once the cause is '
+                      'fixed', {'id': record.id, 'error': e},
+                      instance_uuid=uuid)
+            settled = False
+        if settled:
+            _remove_tree(facts.get('workdir'))
+            record.remove()
+        outcomes.append(Outcome(
+            uuid, facts.get('kind'), settled,
+            'vmsnap-compute stopped during this server\'s %s; %s at the '
+            'next start' % (facts.get('kind'), 'it was undone' if settled
+                            else 'it could not be undone: see the log')))
+    return outcomes
+
+
+def _remove_tree(path: Optional[str]) -> None:
+    if path and os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+        LOG.info('Removed workspace %s', path)
+
+
+def _snapshot(guest: Optional[guest_mod.Guest], facts: dict,
+              images: Any) -> bool:
+    if guest is not None:
+        _give_back(guest, facts)
+    for image_id in facts.get('images', []):
+        try:
+            status = images.get(image_id).get('status')
+        except exception.ImageNotFound:
+            continue
+        if status != glance.ACTIVE:
+            LOG.info('Deleting image %(image)s, left %(status)s',
+                     {'image': image_id, 'status': status},
+                     instance_uuid=facts['instance_uuid'])
+            images.delete(image_id)
+    return True
+
+
+def _give_back(guest: guest_mod.Guest, facts: dict) -> None:
+    """Undo, in reverse order, the changes the record says are in place."""
+    uuid = guest.uuid
+    if facts.get('frozen'):
+        guest.thaw_filesystems()
+        LOG.info('Filesystems thawed', instance_uuid=uuid)
+    copy = facts.get('block_copy')
+    if copy and guest.mirror_of(copy['disk']) == copy['dest']:
+        guest.abort_block_job(copy['disk'])
+        LOG.info('Block copy of %s cancelled', copy['disk'],
+                 instance_uuid=uuid)
+    socket = facts.get('backup_socket')
+    if socket and guest.backup_socket() == socket:
+        guest.abort_job()
+        LOG.info('Backup job ended', instance_uuid=uuid)
+    saved = facts.get('saved')
+    if saved and guest.state() == guest_mod.SHUTOFF:
+        if saved == cold.MANAGED:
+            if guest.has_managed_save():
+                guest.launch()
+                LOG.info('Guest restored from its managed save',
+                         instance_uuid=uuid)
+        elif os.path.exists(saved):
+            guest.restore(saved, paused=(
+                facts.get('saved_state') == guest_mod.PAUSED))
+            os.unlink(saved)
+            LOG.info('Guest restored from %s', saved, instance_uuid=uuid)
+    if facts.get('paused') and guest.state() == guest_mod.PAUSED:
+        guest.resume()
+        LOG.info('Guest vmsnap had paused is running again',
+                 instance_uuid=uuid)
+
+
+def _revert(guest: Optional[guest_mod.Guest], facts: dict) -> bool:
+    if guest is None:
+        LOG.error('The domain of an unfinished revert is gone; its files '
+                  'are left as they are: %s', facts.get('disks'),
+                  instance_uuid=facts.get('instance_uuid'))
+        return False
+    return restore.settle(guest, facts)

@@ -1,0 +1,146 @@
+"""vmsnap-compute killed mid-operation (SIGKILL, whole process group).
+
+At its next start it must bring every guest back to the state it had,
+without a reboot, and leave no job, scratch file, workspace or
+half-written image behind.  Real libvirtd, real guests, the local Glance.
+"""
+
+import glob
+import os
+import subprocess
+import tempfile
+import time
+
+import libvirt
+import pytest
+
+from vmsnap_driver.tests.functional import testguest
+
+DISK_MIB = 384
+
+
+@pytest.fixture
+def big_guest(conn, workroot, guest_kit):
+    """A running guest whose disk holds DISK_MIB of random data.
+
+    Capturing it takes seconds, which leaves room to kill the service in
+    the middle; the guest only counts on its console.
+    """
+    workdir = tempfile.mkdtemp(dir=workroot, prefix='guest-')
+    os.chmod(workdir, 0o755)
+    path = os.path.join(workdir, 'disk.raw')
+    subprocess.run(['dd', 'if=/dev/urandom', 'of=' + path, 'bs=1M',
+                    'count=%d' % DISK_MIB, 'status=none'], check=True)
+    guest = testguest.TestGuest(conn, workdir,
+                                disk={'path': path, 'format': 'raw'})
+    guest.start()
+    yield guest
+    guest.destroy()
+
+
+def _wait(condition, what, timeout=60, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, 'never saw: ' + what
+        time.sleep(interval)
+
+
+def _backup_running(guest):
+    try:
+        guest.dom.backupGetXMLDesc(0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def _assert_recovered(svc, guest, glance, xml, image_id, boots=1):
+    assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
+    assert guest.boots() == boots, 'the guest was rebooted'
+    guest.wait_counter_above(guest.last_counter())
+    assert not guest.dom.hasManagedSaveImage(0)
+    assert not _backup_running(guest)
+    assert guest.inactive_xml() == xml
+    assert os.listdir(os.path.join(svc.dir, 'operations')) == []
+    assert glob.glob(os.path.join(svc.dir, 'snapshots', '*')) == []
+    assert image_id not in [i['id'] for i in glance.images.list()]
+    assert 'recovering' in svc.log_text()
+
+
+def _start_snapshot(svc, guest):
+    status, _h, body = svc.request(
+        'POST', '/v2.1/servers/%s/action' % guest.uuid,
+        {'createImage': {'name': 'killed'}},
+        {'OpenStack-API-Version': 'compute 2.45'})
+    assert status == 202, body
+    return body['image_id']
+
+
+def test_kill_during_cold_snapshot_restores_the_saved_guest(
+        service, big_guest, glance):
+    guest = big_guest
+    svc = service(libvirt={'snapshot_mode': 'cold',
+                           'use_backup_api': 'false'})
+    xml = guest.inactive_xml()
+    image_id = _start_snapshot(svc, guest)
+    _wait(lambda: guest.dom.hasManagedSaveImage(0)
+          and guest.state() == libvirt.VIR_DOMAIN_SHUTOFF,
+          'the guest managed-saved')
+    svc.kill()
+    assert guest.state() == libvirt.VIR_DOMAIN_SHUTOFF
+    svc.start()
+    _assert_recovered(svc, guest, glance, xml, image_id)
+    _status, _h, shown = svc.request('GET', '/v2.1/servers/' + guest.uuid)
+    assert 'stopped during' in shown['server']['fault']['message']
+
+
+def test_kill_during_live_upload_ends_the_backup_job(
+        service, big_guest, glance):
+    guest = big_guest
+    svc = service(libvirt={'snapshot_mode': 'live'})
+    xml = guest.inactive_xml()
+    image_id = _start_snapshot(svc, guest)
+    _wait(lambda: _backup_running(guest), 'the backup job')
+    svc.kill()
+    assert _backup_running(guest)
+    svc.start()
+    _assert_recovered(svc, guest, glance, xml, image_id)
+
+
+def test_kill_during_revert_swap_puts_the_guest_back(
+        service, make_guest, glance):
+    guest = make_guest(agent=True)
+    guest.start()
+    svc = service()
+    xml = guest.inactive_xml()
+    status, _h, body = svc.request(
+        'POST', '/v2.1/servers/%s/action' % guest.uuid,
+        {'createImage': {'name': 'revert-me',
+                         'metadata': {'vmsnap_memory': 'true'}}},
+        {'OpenStack-API-Version': 'compute 2.45'})
+    assert status == 202, body
+    image_id = body['image_id']
+    _wait(lambda: glance.images.get(image_id).get(
+        'vmsnap_memory_sha256'), 'the snapshot done', interval=0.5)
+    assert guest.run('echo kept > /mnt/kept && sync')[0] == 0
+    status, _h, body = svc.request(
+        'POST', '/v2.1/servers/%s/action' % guest.uuid,
+        {'rebuild': {'imageRef': image_id}})
+    assert status == 202, body
+    # The guest is saved just before its disks are swapped.
+    _wait(lambda: guest.state() == libvirt.VIR_DOMAIN_SHUTOFF,
+          'the guest saved for the swap', interval=0.005)
+    svc.kill()
+    counter = guest.last_counter()
+    svc.start()
+    assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
+    assert guest.boots() == 1
+    # As it was before the revert: its file is there, it counts on.
+    assert guest.run('cat /mnt/kept') == (0, 'kept\n')
+    assert guest.wait_counter_above(counter) > counter
+    assert guest.inactive_xml() == xml
+    directory = os.path.dirname(guest.disk['path'])
+    assert glob.glob(os.path.join(directory, '*.vmsnap-*')) == []
+    assert os.listdir(os.path.join(svc.dir, 'operations')) == []
+    memory_id = glance.images.get(image_id)['vmsnap_memory_image']
+    for each in (memory_id, image_id):
+        glance.images.delete(each)
