@@ -80,6 +80,13 @@ done
 echo $! > /tmp/qga.pid
 """
 
+# Fill part of the guest's memory with random data (a tmpfs file), so that
+# its memory state is not mostly zeros.
+FILL = r"""mkdir -p /dev/shm
+mount -t tmpfs -o size=%(mib)dM tmpfs /dev/shm
+dd if=/dev/urandom of=/dev/shm/fill bs=1M count=%(mib)d 2>/dev/null
+"""
+
 # Leave the disk alone (its content is whatever the host put there), but
 # keep counting on the console to show the guest runs.
 IDLE = r"""echo VMSNAP-READY
@@ -105,7 +112,7 @@ AGENT_CHANNEL = """    <channel type='unix'>
 DOMAIN_XML = """<domain type='qemu'>
   <name>%(name)s</name>
   <uuid>%(uuid)s</uuid>
-  <memory unit='MiB'>192</memory>
+  <memory unit='MiB'>%(memory_mib)d</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
@@ -279,7 +286,8 @@ class TestGuest:
                  name: Optional[str] = None,
                  disk: Optional[dict] = None, agent: bool = False,
                  second_disk: bool = False, period: float = 0.5,
-                 cache: Optional[str] = None) -> None:
+                 cache: Optional[str] = None, memory_mib: int = 192,
+                 fill_mib: int = 0) -> None:
         """A guest that writes to an ext4 disk of its own.
 
         :param disk: use this prebuilt disk (``path``, ``format``) instead;
@@ -289,6 +297,9 @@ class TestGuest:
             it writes the same counter as on the first.
         :param period: seconds between two counter values.
         :param cache: the first disk's cache mode (QEMU's default if None).
+        :param memory_mib: the guest's RAM.
+        :param fill_mib: MiB of its RAM to fill with random data before it
+            says it is ready.
         """
         self.conn = conn
         self.workdir = workdir
@@ -301,9 +312,12 @@ class TestGuest:
         self.base_data = os.urandom(BASE_FILE_SIZE)
         kit = guest_kit()
         self.initrd = os.path.join(workdir, 'initrd.img')
-        build_initramfs(kit, self.initrd, self.boot_data,
-                        WRITER % {'period': period} if disk is None
-                        else IDLE, agent=agent)
+        workload = (WRITER % {'period': period} if disk is None
+                    else IDLE)
+        if fill_mib:
+            workload = FILL % {'mib': fill_mib} + workload
+        build_initramfs(kit, self.initrd, self.boot_data, workload,
+                        agent=agent)
         self.disk = disk or make_disk(workdir, self.base_data, disk_format,
                                       backing=backing)
         self.console = os.path.join(workdir, 'console.log')
@@ -318,7 +332,7 @@ class TestGuest:
             'kernel': kit['kernel'], 'initrd': self.initrd,
             'disk': self.disk['path'], 'disk_format': self.disk['format'],
             'cache': " cache='%s'" % cache if cache else '',
-            'console': self.console,
+            'console': self.console, 'memory_mib': memory_mib,
             'channel': AGENT_CHANNEL if agent else '',
             'second_disk': (SECOND_DISK % self.second_disk['path']
                             if second_disk else '')}
