@@ -1,2 +1,2 @@
 # The real-parts fixtures shared by the functional and the Nova tests.
-pytest_plugins = ['vmsnap_driver.tests.fixtures']
+pytest_plugins = ['tests.fixtures']

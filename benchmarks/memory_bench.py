@@ -30,9 +30,9 @@ import types
 import glanceclient
 import libvirt
 
+from tests.functional import testguest
 from vmsnap_driver import config
 from vmsnap_driver import driver as driver_mod
-from vmsnap_driver.tests.functional import testguest
 
 import snapshot_bench
 

@@ -345,7 +345,7 @@ class Bench:
 
     @contextlib.contextmanager
     def guest(self, data: int):
-        from vmsnap_driver.tests.functional import testguest
+        from tests.functional import testguest
         workdir = os.path.join(self.root, 'guest-%d' % data)
         os.makedirs(workdir)
         os.chmod(workdir, 0o755)

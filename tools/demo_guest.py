@@ -1,11 +1,11 @@
 """Make sure the demo guest exists and runs: a tiny TCG guest built from
-Debian packages (see vmsnap_driver/tests/functional/testguest.py)."""
+Debian packages (see tests/functional/testguest.py)."""
 
 import argparse
 
 import libvirt
 
-from vmsnap_driver.tests.functional import testguest
+from tests.functional import testguest
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import time
 
 import libvirt
 
-from vmsnap_driver.tests.functional import checks
+from tests.functional import checks
 
 
 def test_server_show(service, running_guest):

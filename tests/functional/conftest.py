@@ -1,7 +1,7 @@
 """Fixtures for tests against a real libvirtd, real guests and real Glance.
 
 Nothing here is mocked; the shared fixtures (libvirt connection, Glance,
-guests' scratch space, queued images) are in vmsnap_driver/tests/fixtures.py.
+guests' scratch space, queued images) are in tests/fixtures.py.
 """
 
 import os
@@ -12,13 +12,13 @@ import tempfile
 import pytest
 from stevedore import driver as stevedore_driver
 
+from tests.fixtures import LIBVIRT_URI
+from tests.functional import service as service_mod
+from tests.functional import testguest
 from vmsnap_driver import config
-from vmsnap_driver.tests.fixtures import LIBVIRT_URI
-from vmsnap_driver.tests.functional import service as service_mod
-from vmsnap_driver.tests.functional import testguest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import libvirt
 import libvirt_qemu
 import pytest
 
+from tests.functional import checks
+from tests.functional import testguest
 from vmsnap_driver import exception
-from vmsnap_driver.tests.functional import checks
-from vmsnap_driver.tests.functional import testguest
 
 
 def wait_for_agent(guest, timeout=60):

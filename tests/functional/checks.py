@@ -7,10 +7,10 @@ import subprocess
 
 import libvirt
 
+from tests.functional import testguest
 from vmsnap_driver import digest
 from vmsnap_driver import nbd
 from vmsnap_driver import qemu_nbd
-from vmsnap_driver.tests.functional import testguest
 
 # What e2fsck fixes on any ext4 that was mounted when copied: the summary
 # counters ext4 only writes back at unmount.  Anything else is damage.

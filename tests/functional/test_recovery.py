@@ -14,7 +14,7 @@ import time
 import libvirt
 import pytest
 
-from vmsnap_driver.tests.functional import testguest
+from tests.functional import testguest
 
 DISK_MIB = 384
 

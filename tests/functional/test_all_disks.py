@@ -4,8 +4,8 @@ import os
 
 import libvirt
 
-from vmsnap_driver.tests.functional import checks
-from vmsnap_driver.tests.functional import testguest
+from tests.functional import checks
+from tests.functional import testguest
 
 
 def counter_in(glance, image, workroot):

@@ -14,7 +14,7 @@ import time
 import libvirt
 import pytest
 
-from vmsnap_driver.tests.functional import checks
+from tests.functional import checks
 
 
 # Each live and cold path, with and without libvirt's backup API.

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from vmsnap_driver.tests.functional import checks
+from tests.functional import checks
 
 BIN = os.path.dirname(sys.executable)
 GLANCE_STORE = os.environ.get('VMSNAP_GLANCE_DIR',

@@ -15,7 +15,7 @@ import glanceclient
 import libvirt
 import pytest
 
-from vmsnap_driver.tests.functional import testguest
+from tests.functional import testguest
 
 GLANCE_URL = os.environ.get('VMSNAP_TEST_GLANCE_URL',
                             'http://127.0.0.1:9292')

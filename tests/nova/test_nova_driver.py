@@ -22,8 +22,8 @@ from nova.virt import driver as virt_driver  # noqa: E402
 from nova.virt import fake  # noqa: E402
 from nova.virt.libvirt import driver as libvirt_driver  # noqa: E402
 
-from vmsnap_driver.tests.functional import checks  # noqa: E402
-from vmsnap_driver.tests.functional import testguest  # noqa: E402
+from tests.functional import checks  # noqa: E402
+from tests.functional import testguest  # noqa: E402
 
 CONF = nova.conf.CONF
 

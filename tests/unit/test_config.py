@@ -7,8 +7,8 @@ from stevedore import driver as stevedore_driver
 from vmsnap_driver import config
 from vmsnap_driver import driver
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 SAMPLE = os.path.join(REPO, 'etc', 'vmsnap', 'vmsnap.conf.sample')
 
 

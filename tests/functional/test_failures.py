@@ -16,8 +16,8 @@ import glanceclient
 import libvirt
 import pytest
 
+from tests.functional import checks
 from vmsnap_driver import exception
-from vmsnap_driver.tests.functional import checks
 
 
 @pytest.fixture
