@@ -63,9 +63,30 @@ class Encoded:
     data_bytes: int
 
 
+# Disks, and so the extents of an export, come in 512-byte sectors.
+SECTOR = 512
+
+
+def _check_sectors(virtual_size: int, extents: List[nbd.Extent]) -> None:
+    """Refuse a layout that is not whole sectors, before a byte is sent.
+
+    A qcow2 header can only state a size in whole sectors, and QEMU never
+    reports a finer extent: anything else is a bug upstream, which would
+    otherwise shift data silently.
+    """
+    if virtual_size % SECTOR:
+        raise ValueError('disk size %d is not a multiple of %d'
+                         % (virtual_size, SECTOR))
+    for extent in extents:
+        if extent.offset % SECTOR or extent.length % SECTOR:
+            raise ValueError('extent %s is not sector-aligned' % (extent,))
+
+
 def raw(virtual_size: int, extents: List[nbd.Extent],
         read: Reader) -> Encoded:
     """Every byte of the disk; zero runs are produced without reading."""
+    _check_sectors(virtual_size, extents)
+
     def chunks() -> Iterator[bytes]:
         for extent in extents:
             if extent.zero:
@@ -161,6 +182,7 @@ def qcow2_layout(virtual_size: int,
 def qcow2(virtual_size: int, extents: List[nbd.Extent],
           read: Reader) -> Encoded:
     """A flat qcow2 holding the disk's data clusters, laid out in order."""
+    _check_sectors(virtual_size, extents)
     layout = qcow2_layout(virtual_size, extents)
 
     def padded(payload: bytes, clusters: int) -> bytes:

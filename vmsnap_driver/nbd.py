@@ -35,6 +35,7 @@ REP_INFO = 3
 REP_META_CONTEXT = 4
 REP_ERROR_BIT = 1 << 31
 INFO_EXPORT = 0
+INFO_BLOCK_SIZE = 3
 
 CMD_READ = 0
 CMD_DISC = 2
@@ -55,6 +56,9 @@ ALLOCATION_CONTEXT = b'base:allocation'
 MAX_REQUEST = 32 * 1024 * 1024
 # A BLOCK_STATUS length is 32 bits; ask for at most this much at a time.
 MAX_STATUS_REQUEST = 1 << 30
+# Seconds a reply may take: an export that stops answering (QEMU stuck,
+# the job gone) fails the snapshot instead of hanging it.
+TIMEOUT = 120
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +77,17 @@ class NbdError(exception.VmsnapException):
 class Client:
     """One connection to one export; not thread safe."""
 
-    def __init__(self, socket_path: str, export: str) -> None:
+    def __init__(self, socket_path: str, export: str,
+                 timeout: float = TIMEOUT) -> None:
         self.export = export
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
         self._handle = 0
         self._context_id = None
+        # The server's block size limits (NBD_INFO_BLOCK_SIZE); a server
+        # that does not say accepts any alignment up to MAX_REQUEST.
+        self.min_block = 1
+        self.max_request = MAX_REQUEST
         try:
             self._sock.connect(socket_path)
             self._handshake()
@@ -95,19 +105,17 @@ class Client:
 
     def _recv(self, length: int) -> bytes:
         buf = bytearray(length)
-        view = memoryview(buf)
-        got = 0
-        while got < length:
-            n = self._sock.recv_into(view[got:])
-            if not n:
-                raise self._error('the server closed the connection')
-            got += n
+        self._recv_into(memoryview(buf))
         return bytes(buf)
 
     def _recv_into(self, view: memoryview) -> None:
         got = 0
         while got < len(view):
-            n = self._sock.recv_into(view[got:])
+            try:
+                n = self._sock.recv_into(view[got:])
+            except socket.timeout:
+                raise self._error('no answer within %s s'
+                                  % self._sock.gettimeout())
             if not n:
                 raise self._error('the server closed the connection')
             got += n
@@ -149,12 +157,20 @@ class Client:
                     payload[4:] == ALLOCATION_CONTEXT):
                 self._context_id = struct.unpack('>I', payload[:4])[0]
         go = (struct.pack('>I', len(name)) + name
-              + struct.pack('>HH', 1, INFO_EXPORT))
+              + struct.pack('>HHH', 2, INFO_EXPORT, INFO_BLOCK_SIZE))
         self.size = None
         for rtype, payload in self._option(OPT_GO, go):
-            if rtype == REP_INFO and struct.unpack(
-                    '>H', payload[:2])[0] == INFO_EXPORT:
+            if rtype != REP_INFO or len(payload) < 2:
+                continue
+            info = struct.unpack('>H', payload[:2])[0]
+            if info == INFO_EXPORT and len(payload) >= 10:
                 self.size = struct.unpack('>Q', payload[2:10])[0]
+            elif info == INFO_BLOCK_SIZE and len(payload) >= 14:
+                minimum, _preferred, maximum = struct.unpack(
+                    '>III', payload[2:14])
+                self.min_block = max(minimum, 1)
+                self.max_request = max(min(MAX_REQUEST, maximum),
+                                       self.min_block)
         if self.size is None:
             raise self._error('the server did not say the export size')
 
@@ -170,6 +186,8 @@ class Client:
             magic = struct.unpack('>I', self._recv(4))[0]
             if magic == SIMPLE_REPLY_MAGIC:
                 error, got = struct.unpack('>IQ', self._recv(12))
+                if got != handle:
+                    raise self._error('reply for an unknown request')
                 if error:
                     raise self._error('request failed with errno %d'
                                       % error)
@@ -192,27 +210,52 @@ class Client:
 
     # -- commands -----------------------------------------------------
     def read_into(self, offset: int, view: memoryview) -> None:
-        """Fill ``view`` with the export's bytes from ``offset``."""
+        """Fill ``view`` with the export's bytes from ``offset``.
+
+        Every chunk must lie inside the request and together they must
+        cover it exactly: a server that answers otherwise would leave
+        stale bytes in the image unnoticed.
+        """
         length = len(view)
+        if offset % self.min_block or length % self.min_block and (
+                offset + length != self.size):
+            raise self._error('read of %d bytes at %d is not aligned to the '
+                              'server\'s %d-byte blocks'
+                              % (length, offset, self.min_block))
         handle = self._request(CMD_READ, offset, length)
+        covered = 0
         for rtype, chunk_length in self._chunks(handle):
             if rtype == REPLY_TYPE_OFFSET_DATA:
                 start = struct.unpack('>Q', self._recv(8))[0] - offset
-                self._recv_into(view[start:start + chunk_length - 8])
+                size = chunk_length - 8
+                self._check_chunk(start, size, length)
+                self._recv_into(view[start:start + size])
             elif rtype == REPLY_TYPE_OFFSET_HOLE:
                 start, size = struct.unpack('>QI', self._recv(12))
                 start -= offset
+                self._check_chunk(start, size, length)
                 view[start:start + size] = bytes(size)
             else:
                 self._recv(chunk_length)
+                continue
+            covered += size
+        if covered != length:
+            raise self._error('the reply covered %d of the %d bytes read at '
+                              '%d' % (covered, length, offset))
+
+    def _check_chunk(self, start: int, size: int, length: int) -> None:
+        if start < 0 or size <= 0 or start + size > length:
+            raise self._error('a reply chunk (%d bytes at %+d) lies outside '
+                              'the %d bytes asked for' % (size, start,
+                                                          length))
 
     def read(self, offset: int, length: int) -> bytearray:
         """The bytes, in a new buffer (not copied again into ``bytes``)."""
         buf = bytearray(length)
         view = memoryview(buf)
-        for start in range(0, length, MAX_REQUEST):
-            self.read_into(offset + start,
-                           view[start:start + MAX_REQUEST])
+        step = self.max_request - self.max_request % self.min_block
+        for start in range(0, length, step):
+            self.read_into(offset + start, view[start:start + step])
         return buf
 
     def extents(self) -> List[Extent]:
@@ -224,12 +267,20 @@ class Client:
         while offset < self.size:
             length = min(self.size - offset, MAX_STATUS_REQUEST)
             handle = self._request(CMD_BLOCK_STATUS, offset, length)
+            start = offset
             for rtype, chunk_length in self._chunks(handle):
                 payload = self._recv(chunk_length)
                 if rtype != REPLY_TYPE_BLOCK_STATUS:
                     continue
+                if (len(payload) < 12 or (len(payload) - 4) % 8
+                        or struct.unpack('>I', payload[:4])[0]
+                        != self._context_id):
+                    raise self._error('malformed block status reply')
                 for i in range(4, len(payload), 8):
                     run, flags = struct.unpack('>II', payload[i:i + 8])
+                    if run == 0:
+                        raise self._error('a zero-length block status '
+                                          'descriptor at %d' % offset)
                     run = min(run, self.size - offset)
                     zero = bool(flags & STATE_ZERO)
                     if extents and extents[-1].zero == zero:
@@ -239,6 +290,8 @@ class Client:
                     else:
                         extents.append(Extent(offset, run, zero))
                     offset += run
+            if offset == start:
+                raise self._error('no block status for offset %d' % offset)
         return extents
 
     def close(self) -> None:

@@ -51,9 +51,10 @@ def refcounts(image):
 
 
 @pytest.mark.parametrize('virtual, extents', [
-    # Data in several L2 tables (512 MiB each), an odd-sized tail.
-    (1100 * MIB + 123, [(0, 70000), (600 * MIB, 3 * C + 5),
-                        (1100 * MIB, 123)]),
+    # Data in several L2 tables (512 MiB each), a tail shorter than a
+    # cluster.
+    (1100 * MIB + 512, [(0, 70144), (600 * MIB, 3 * C + 512),
+                        (1100 * MIB, 512)]),
     # Nothing but zeros.
     (10 * MIB, []),
 ])
@@ -92,13 +93,21 @@ def test_raw_stream_reads_only_data():
     def read(offset, length):
         asked.append((offset, length))
         return pattern(offset, length)
-    extents = [nbd.Extent(0, MIB, True), nbd.Extent(MIB, 5000, False),
-               nbd.Extent(MIB + 5000, 3000, True)]
-    encoded = image_stream.raw(MIB + 8000, extents, read)
+    extents = [nbd.Extent(0, MIB, True), nbd.Extent(MIB, 5120, False),
+               nbd.Extent(MIB + 5120, 3072, True)]
+    encoded = image_stream.raw(MIB + 8192, extents, read)
     image = b''.join(encoded.chunks)
-    assert image == bytes(MIB) + pattern(MIB, 5000) + bytes(3000)
-    assert asked == [(MIB, 5000)]
-    assert encoded.data_bytes == 5000
+    assert image == bytes(MIB) + pattern(MIB, 5120) + bytes(3072)
+    assert asked == [(MIB, 5120)]
+    assert encoded.data_bytes == 5120
+
+
+@pytest.mark.parametrize('encoder', [image_stream.raw, image_stream.qcow2])
+def test_encoders_refuse_what_is_not_whole_sectors(encoder):
+    with pytest.raises(ValueError):
+        encoder(MIB + 100, [], pattern)
+    with pytest.raises(ValueError):
+        encoder(MIB, [nbd.Extent(0, 700, False)], pattern)
 
 
 def test_prefetcher_passes_errors_and_skips_empty_chunks():
