@@ -42,7 +42,7 @@ MIB = snapshot_bench.MIB
 
 def configure(state: str) -> None:
     conf = config.CONF
-    conf([], project='vmsnap', default_config_files=[])
+    config.parse_args([], default_config_files=[])
     conf.set_override('state_path', state)
     conf.set_override('lock_path', os.path.join(state, 'lock'),
                       group='oslo_concurrency')

@@ -28,6 +28,13 @@ default_opts = [
     cfg.StrOpt('state_path',
                default=DEFAULT_STATE_PATH,
                help='Top-level directory for vmsnap\'s working files.'),
+    cfg.IntOpt('graceful_shutdown_timeout',
+               default=60,
+               min=0,
+               help='Seconds vmsnap-compute waits, on SIGTERM, for running '
+                    'snapshots and reverts to end. What still runs then is '
+                    'left to its journal record: the next start undoes it. '
+                    '0 waits forever.'),
     cfg.IntOpt('max_concurrent_snapshots',
                default=5,
                min=1,
@@ -84,6 +91,8 @@ glance_group = cfg.OptGroup(
          'Glance without Keystone.')
 
 GLANCE_SERVICE_TYPE = 'image'
+# Seconds, per socket operation.
+GLANCE_TIMEOUT = 300
 
 
 def _register_keystoneauth_opts(conf: cfg.ConfigOpts) -> None:
@@ -94,6 +103,8 @@ def _register_keystoneauth_opts(conf: cfg.ConfigOpts) -> None:
         include_deprecated=False)
     conf.set_default('service_type', GLANCE_SERVICE_TYPE,
                      group=glance_group.name)
+    # A Glance that stops answering fails the request instead of hanging it.
+    conf.set_default('timeout', GLANCE_TIMEOUT, group=glance_group.name)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
@@ -127,8 +138,12 @@ def list_opts() -> list:
     for opt in adapter_opts:
         if opt.dest == 'service_type':
             opt.default = GLANCE_SERVICE_TYPE
+    session_opts = ks_loading.get_session_conf_options()
+    for opt in session_opts:
+        if opt.dest == 'timeout':
+            opt.default = GLANCE_TIMEOUT
     glance_opts = list(itertools.chain(
-        ks_loading.get_session_conf_options(),
+        session_opts,
         ks_loading.get_auth_common_conf_options(),
         ks_loading.get_auth_plugin_conf_options('password'),
         adapter_opts,

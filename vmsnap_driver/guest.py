@@ -262,8 +262,14 @@ class Guest:
             return self._domain.fsFreeze(None, 0)
 
     def thaw_filesystems(self) -> int:
-        with self._translated('thaw the filesystems'):
-            return self._domain.fsThaw(None, 0)
+        """Thaw, then give the agent back libvirt's default timeout."""
+        try:
+            with self._translated('thaw the filesystems'):
+                return self._domain.fsThaw(None, 0)
+        finally:
+            with self._translated('reset the guest agent timeout'):
+                self._domain.agentSetResponseTimeout(
+                    libvirt.VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_DEFAULT, 0)
 
     # -- backup jobs --------------------------------------------------
     def backup_begin(self, targets: List[str], socket_path: str,

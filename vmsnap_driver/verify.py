@@ -1,21 +1,29 @@
 """Check a snapshot image against the record it carries.
 
-Three independent checks, each naming what it found: the bytes Glance
-serves are the bytes it stored (its own ``os_hash_value``), the image is a
-sound qcow2 (``qemu-img check``), and its virtual disk's content has the
-sha256 vmsnap recorded when it took the snapshot.
+Independent checks, each naming what it found: the bytes Glance serves are
+the bytes it stored (its own ``os_hash_value``); the image is what it claims
+and refers to no other file (oslo.utils' format inspector: an image read
+back from Glance is untrusted, so this comes before qemu opens it); it is a
+sound qcow2 (``qemu-img check``, under resource limits); and its virtual
+disk's content has the sha256 vmsnap recorded when it took the snapshot.
+A memory image is checked against the sha256 of its uncompressed state.
 """
 
 import dataclasses
 import os
+import shutil
 import tempfile
 from typing import List, Optional
 
 from oslo_concurrency import processutils
 
 from vmsnap_driver import digest
+from vmsnap_driver import exception
 from vmsnap_driver import glance
+from vmsnap_driver import image_safety
+from vmsnap_driver import memory_image
 from vmsnap_driver import progress
+from vmsnap_driver import qemu_img
 
 DIGEST_PROPERTY = 'vmsnap_content_sha256'
 
@@ -61,9 +69,22 @@ def verify(images: glance.ImageService, image_id: str,
             % image.get('os_hash_algo') if served == stored else
             'the bytes served do not match the hash Glance recorded at '
             'upload: the stored image was altered'))
+        if image.get(memory_image.OF_PROPERTY):
+            checks.append(_memory_check(images, image, directory))
+            return Verdict(image_id, checks)
+        if fmt in qemu_img.FORMATS:
+            # Untrusted: inspected before qemu-img or qemu-nbd open it.
+            try:
+                image_safety.check(path, fmt, image_id)
+            except exception.ImageCorrupt as e:
+                checks.append(Check('safety', False, e.kwargs['reason']))
+                return Verdict(image_id, checks)
+            checks.append(Check('safety', True, 'a plain %s: no backing or '
+                                                'data-file reference' % fmt))
         if fmt == 'qcow2':
             try:
-                processutils.execute('qemu-img', 'check', '-f', 'qcow2', path)
+                processutils.execute('qemu-img', 'check', '-f', 'qcow2', path,
+                                     prlimit=qemu_img.UNTRUSTED_LIMITS)
                 checks.append(Check('qemu-img check', True,
                                     'no errors in the qcow2 structure'))
             except processutils.ProcessExecutionError as e:
@@ -85,7 +106,18 @@ def verify(images: glance.ImageService, image_id: str,
                 'content sha256 is %s, the snapshot record says %s'
                 % (actual, expected)))
     finally:
-        if os.path.exists(path):
-            os.unlink(path)
-        os.rmdir(directory)
+        shutil.rmtree(directory, ignore_errors=True)
     return Verdict(image_id, checks)
+
+
+def _memory_check(images: glance.ImageService, image: dict,
+                  directory: str) -> Check:
+    """A memory image: its uncompressed state against its sha256."""
+    try:
+        memory_image.download(images, image,
+                              os.path.join(directory, 'memory.save'))
+    except exception.ImageCorrupt as e:
+        return Check('memory sha256', False, e.kwargs['reason'])
+    return Check('memory sha256', True, 'the uncompressed memory state '
+                 'matches the snapshot record (%s)'
+                 % image[memory_image.SHA256_PROPERTY])

@@ -55,3 +55,28 @@ def test_verify_of_unknown_image_is_an_error(glance_url, tmp_path):
                         '0b7c1d4e-0000-4000-8000-000000000000')
     assert result.returncode == 2
     assert 'does not exist' in result.stderr
+
+
+def test_verify_refuses_an_image_that_names_a_host_file(
+        glance, glance_url, tmp_path):
+    # Glance inspects only bare containers: an "ovf" one gets past it.
+    hostile = tmp_path / 'hostile.qcow2'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
+                    '/etc/hostname', '-F', 'raw', str(hostile), '1M'],
+                   check=True)
+    image = glance.images.create(name='hostile', disk_format='qcow2',
+                                 container_format='ovf',
+                                 vmsnap_content_sha256='0' * 64)
+    try:
+        with open(hostile, 'rb') as data:
+            glance.images.upload(image['id'], data)
+        conf_file = tmp_path / 'vmsnap.conf'
+        conf_file.write_text('[glance]\nauth_type = none\n'
+                             'endpoint_override = %s\n' % glance_url)
+        result = run_verify(str(conf_file), image['id'])
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert 'FAIL  safety' in result.stdout
+        assert 'backing_file' in result.stdout
+        assert 'qemu-img check' not in result.stdout
+    finally:
+        glance.images.delete(image['id'])

@@ -194,3 +194,13 @@ def test_create_image_metadata_may_not_set_reserved_fields():
     status, _h, _b = call(application, 'POST', action, {
         'createImage': {'name': 'x', 'metadata': {'vmsnap_memory': 'true'}}})
     assert status == 202
+
+
+def test_request_bodies_over_novas_limit_are_413():
+    application, manager, _g = make_app()
+    body = {'createImage': {'name': 'x', 'metadata': {
+        'k': 'v' * 200000}}}
+    status, _h, answer = call(application, 'POST',
+                              '/v2.1/servers/%s/action' % UUID, body)
+    assert status == 413 and 'overLimit' in answer
+    manager.snapshot.assert_not_called()

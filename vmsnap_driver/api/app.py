@@ -21,6 +21,9 @@ from vmsnap_driver.api import servers
 
 LOG = logging.getLogger(__name__)
 
+# Nova's default [wsgi] max_request_body_size.
+MAX_REQUEST_BODY = 114688
+
 SERVER = r'(?P<server_id>[^/]+)'
 # (method, path regex, handler name, takes a request context)
 ROUTES = [
@@ -55,6 +58,9 @@ class ComputeAPI:
             version = microversion.negotiate(req.headers)
         except microversion.NotAcceptable as e:
             return faults.Fault(406, str(e)).response()
+        if _too_large(req):
+            return faults.Fault(413, 'Request body is larger than %d bytes.'
+                                % MAX_REQUEST_BODY).response()
         try:
             if path == '/v2.1':
                 response = _json(
@@ -95,6 +101,17 @@ class ComputeAPI:
                                % (req.method, req.path),
                                headers={'Allow': ', '.join(allowed)})
         raise faults.Fault(404, 'The resource could not be found.')
+
+
+def _too_large(req: webob.Request) -> bool:
+    """A body over the limit, declared or not, is never read whole."""
+    if req.content_length is not None:
+        return req.content_length > MAX_REQUEST_BODY
+    if req.method not in ('POST', 'PUT'):
+        return False
+    body = req.body_file.read(MAX_REQUEST_BODY + 1)
+    req.body = body
+    return len(body) > MAX_REQUEST_BODY
 
 
 class VersionsWithoutAuth:

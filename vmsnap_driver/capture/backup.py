@@ -50,13 +50,14 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
     LOG.debug('Disks %(disks)s exported over NBD at %(socket)s',
               {'disks': targets, 'socket': socket_path},
               instance_uuid=guest.uuid)
-    try:
-        yield socket_path
-    finally:
+
+    def end() -> None:
         guest.abort_job()
         record.update(backup_socket=None)
         LOG.debug('Backup job of %(disks)s ended', {'disks': targets},
                   instance_uuid=guest.uuid)
+    with base.undone_on_exit(end, 'Ending the backup job', guest):
+        yield socket_path
 
 
 def views(disks: List[guest_mod.Disk], socket_path: str,

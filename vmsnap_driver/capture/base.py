@@ -12,7 +12,7 @@ import abc
 import contextlib
 import dataclasses
 import datetime
-from typing import Any, Callable, ContextManager, List, Optional
+from typing import Any, Callable, ContextManager, Iterator, List, Optional
 
 
 from oslo_log import log as logging
@@ -77,6 +77,26 @@ def top_layers_bytes(chains: List[Chain]) -> int:
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+@contextlib.contextmanager
+def undone_on_exit(undo: Callable[[], None], what: str,
+                   guest: guest_mod.Guest) -> Iterator[None]:
+    """Run ``undo`` on the way out, normal or not.
+
+    When an error is already on its way out, a failing ``undo`` is logged
+    and the first error goes on: the cause is never hidden by the cleanup.
+    """
+    try:
+        yield
+    except BaseException:
+        try:
+            undo()
+        except Exception as e:
+            LOG.error('%(what)s failed as well: %(error)s',
+                      {'what': what, 'error': e}, instance_uuid=guest.uuid)
+        raise
+    undo()
 
 
 def resume(guest: guest_mod.Guest, state: str) -> None:

@@ -71,14 +71,15 @@ class BlockCopyCapture(base.Capture):
         guest.block_copy(disk.target, copy, 'qcow2', self.bandwidth)
         LOG.debug('Block copy of %(disk)s into %(copy)s started',
                   {'disk': disk.target, 'copy': copy})
-        try:
+
+        def cancel() -> None:
+            self._cancel(guest, disk)
+            record.update(block_copy=None)
+        with base.undone_on_exit(cancel, 'Cancelling the block copy', guest):
             self._wait_in_sync(guest, disk)
             with freeze():
                 # The instant the copy stops following the guest's writes.
                 guest.abort_block_job(disk.target)
-        finally:
-            self._cancel(guest, disk)
-            record.update(block_copy=None)
         captured = base.utcnow()
         LOG.info('Disk %(disk)s of guest %(name)s copied live in %(secs).2f s',
                  {'disk': disk.target, 'name': guest.name,

@@ -7,6 +7,7 @@ that no guest is left saved and no image half-written.
 """
 
 import ipaddress
+import os
 import signal
 import socket
 import sys
@@ -84,7 +85,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     LOG.info('Stopping: no new requests; queued snapshots are dropped and '
              'running ones finish')
     server.stop()
-    manager.stop()
+    if not manager.stop(CONF.graceful_shutdown_timeout or None):
+        # Worker threads would keep the interpreter alive: leave now.
+        os._exit(1)
     LOG.info('vmsnap-compute stopped')
     return 0
 

@@ -226,12 +226,14 @@ class ComputeManager:
                 self._tasks.pop(uuid, None)
 
     # -- shutdown ------------------------------------------------------
-    def stop(self) -> None:
+    def stop(self, timeout: Optional[float] = None) -> bool:
         """Take no new snapshot, drop queued ones, let running ones end.
 
         A queued snapshot has touched nothing but its image, which is
         deleted.  A running one is left to finish or fail on its own,
-        since either way it restores the guest and cleans up.
+        since either way it restores the guest and cleans up.  Returns
+        False when some are still running after ``timeout`` seconds: their
+        journal records let the next start undo them.
         """
         with self._lock:
             self._stopping = True
@@ -244,7 +246,16 @@ class ComputeManager:
                     LOG.info('Dropping queued snapshot into image %s',
                              task.image_id, instance_uuid=uuid)
                     self._images.delete(task.image_id)
-        running = len(self._tasks)
+        with self._lock:
+            running = [f for f in self._queued if not f.done()]
         if running:
-            LOG.info('Waiting for %d running operation(s) to end', running)
+            LOG.info('Waiting up to %s s for %d running operation(s) to end',
+                     timeout, len(running))
+        _done, left = futures.wait(running, timeout=timeout)
+        if left:
+            LOG.error('%d operation(s) still running after %s s; stopping '
+                      'anyway: the next start undoes them from their '
+                      'journal records', len(left), timeout)
+            return False
         self._executor.shutdown(wait=True)
+        return True
