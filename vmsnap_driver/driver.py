@@ -44,7 +44,7 @@ class LibvirtDriver:
         with _instance_lock(instance.uuid):
             self._engine.take(instance, image_id,
                               update_task_state or engine.no_task_state,
-                              self._images)
+                              self._images_for(context))
 
     def check_revert(self, context: Any, instance: Any,
                      image_id: str) -> restore.Plan:
@@ -53,7 +53,7 @@ class LibvirtDriver:
         Touches nothing: an API answers a bad request with it at once.
         """
         return restore.plan(self._host.get_guest(instance.uuid),
-                            self._images, image_id)
+                            self._images_for(context), image_id)
 
     def revert(self, context: Any, instance: Any, image_id: str,
                progress: Optional[restore.Progress] = None) -> None:
@@ -68,9 +68,13 @@ class LibvirtDriver:
         """
         with _instance_lock(instance.uuid):
             restore.revert(self._host.get_guest(instance.uuid),
-                           self._images, image_id, self._conf.state_path,
+                           self._images_for(context), image_id,
+                           self._conf.state_path,
                            self._conf.libvirt.snapshots_directory,
                            progress or (lambda _n: None))
+
+    def _images_for(self, context: Any) -> glance.ImageService:
+        return glance.for_context(self._conf, context, self._images)
 
     def recover(self) -> List[recovery.Outcome]:
         """Finish or undo what operations of a killed process left.

@@ -28,17 +28,22 @@ ACTIVE = 'active'
 
 
 class ImageService:
-    """The few Glance v2 calls a snapshot makes."""
+    """The few Glance v2 calls a snapshot makes.
 
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
+    :param auth: a keystoneauth plugin to act with (a user's token, from
+        keystonemiddleware); the ``[glance]`` credentials when None.
+    """
+
+    def __init__(self, conf: cfg.ConfigOpts, auth: Any = None) -> None:
         self._conf = conf
+        self._auth = auth
         self._client = None
         self._adapter = None
 
     def _get_client(self) -> Any:
         if self._client is None:
             with self._translated('connect to', '-'):
-                auth = ks_loading.load_auth_from_conf_options(
+                auth = self._auth or ks_loading.load_auth_from_conf_options(
                     self._conf, GROUP)
                 session = ks_loading.load_session_from_conf_options(
                     self._conf, GROUP, auth=auth)
@@ -166,6 +171,19 @@ class ImageService:
     def set_properties(self, image_id: str, properties: dict) -> None:
         with self._translated('update', image_id):
             self._get_client().images.update(image_id, **properties)
+
+
+def for_context(conf: cfg.ConfigOpts, context: Any,
+                service: ImageService) -> ImageService:
+    """Glance as the request's user, or as the service.
+
+    A request that carries a user's token (keystonemiddleware's plugin on
+    the context) reaches Glance with it, as Nova does, so that images
+    belong to the user's project; others use ``service``, the ``[glance]``
+    credentials.
+    """
+    auth = getattr(context, 'user_auth_plugin', None)
+    return ImageService(conf, auth=auth) if auth is not None else service
 
 
 def download(images: Any, image: dict, dest: str,

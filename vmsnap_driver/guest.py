@@ -40,6 +40,8 @@ STATES = {
 ACTIVE_STATES = (RUNNING, PAUSED)
 
 AGENT_CHANNEL = 'org.qemu.guest_agent.0'
+# Nova's metadata in the domain XML (1.1 today; any version is read).
+NOVA_NAMESPACE = 'http://openstack.org/xmlns/libvirt/nova/'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +111,19 @@ class Guest:
             else '',
             'memory_mib': str(kib // 1024),
         }
+
+    def owner_project(self) -> Optional[str]:
+        """The project Nova recorded as the server's owner, if any."""
+        with self._translated('read the domain XML'):
+            root = ElementTree.fromstring(self._domain.XMLDesc(0))
+        for element in root.iter():
+            tag = element.tag
+            if (isinstance(tag, str) and tag.startswith('{' + NOVA_NAMESPACE)
+                    and tag.endswith('}owner')):
+                project = element.find(tag[:-len('owner')] + 'project')
+                if project is not None and project.get('uuid'):
+                    return project.get('uuid')
+        return None
 
     def hardware(self) -> Tuple[int, int]:
         """Virtual CPUs and memory (MiB), for a flavor-like description."""

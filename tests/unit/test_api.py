@@ -3,18 +3,21 @@
 import json
 from unittest import mock
 
+from oslo_config import cfg
 import webob
 
 from vmsnap_driver.api import app
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import policy
 
 UUID = '11111111-2222-4333-8444-555555555555'
 
 
-def make_app():
+def make_app(trusted=True, owner='project-a'):
     guest = mock.Mock(uuid=UUID)
     guest.name = 'vm1'
+    guest.owner_project.return_value = owner
     guest.state.return_value = guest_mod.RUNNING
     guest.has_managed_save.return_value = False
     guest.hardware.return_value = (2, 512)
@@ -33,11 +36,19 @@ def make_app():
     manager.snapshot.return_value = 'img-1'
     images = mock.Mock()
     images.image_location.return_value = 'http://glance/v2/images/img-1'
-    return app.ComputeAPI(host, manager, images), manager, guest
+    conf = cfg.ConfigOpts()
+    conf([], default_config_files=[])
+    return app.ComputeAPI(host, manager, images, policy.Enforcer(conf),
+                          trusted=trusted), manager, guest
 
 
-def call(application, method, path, body=None, version=None):
+def call(application, method, path, body=None, version=None,
+         roles=None, project=None):
     req = webob.Request.blank(path, method=method)
+    if roles is not None:
+        # What keystonemiddleware puts in front of the application.
+        req.headers['X-Roles'] = ','.join(roles)
+        req.headers['X-Project-Id'] = project
     if body is not None:
         req.body = body if isinstance(body, bytes) else json.dumps(
             body).encode()
@@ -204,3 +215,35 @@ def test_request_bodies_over_novas_limit_are_413():
                               '/v2.1/servers/%s/action' % UUID, body)
     assert status == 413 and 'overLimit' in answer
     manager.snapshot.assert_not_called()
+
+
+def test_keystone_users_see_and_act_on_their_own_project_only():
+    application, manager, _g = make_app(trusted=False, owner='project-a')
+    server = '/v2.1/servers/' + UUID
+    action = server + '/action'
+    snapshot = {'createImage': {'name': 'x'}}
+    member_a = dict(roles=['member', 'reader'], project='project-a')
+    member_b = dict(roles=['member', 'reader'], project='project-b')
+    reader_a = dict(roles=['reader'], project='project-a')
+    admin = dict(roles=['admin'], project='admin-project')
+
+    assert call(application, 'GET', server, **member_a)[0] == 200
+    assert call(application, 'POST', action, snapshot, **member_a)[0] == 202
+    # Another project's server does not exist for them.
+    assert call(application, 'GET', server, **member_b)[0] == 404
+    assert call(application, 'POST', action, snapshot, **member_b)[0] == 404
+    _s, _h, body = call(application, 'GET', '/v2.1/servers', **member_b)
+    assert body['servers'] == []
+    # A reader sees it but may not change it.
+    assert call(application, 'POST', action, snapshot, **reader_a)[0] == 403
+    assert call(application, 'POST', action, snapshot, **admin)[0] == 202
+    assert manager.snapshot.call_count == 2
+
+
+def test_a_domain_without_owner_is_the_admins_alone():
+    application, _m, _g = make_app(trusted=False, owner=None)
+    server = '/v2.1/servers/' + UUID
+    assert call(application, 'GET', server, roles=['member', 'reader'],
+                project='project-a')[0] == 404
+    assert call(application, 'GET', server, roles=['admin'],
+                project='x')[0] == 200

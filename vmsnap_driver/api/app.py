@@ -25,15 +25,15 @@ LOG = logging.getLogger(__name__)
 MAX_REQUEST_BODY = 114688
 
 SERVER = r'(?P<server_id>[^/]+)'
-# (method, path regex, handler name, takes a request context)
+# (method, path regex, handler name)
 ROUTES = [
-    ('GET', r'/v2\.1/servers', 'index', False),
-    ('GET', r'/v2\.1/servers/detail', 'detail', False),
-    ('GET', r'/v2\.1/servers/' + SERVER, 'show', False),
-    ('POST', r'/v2\.1/servers/' + SERVER + r'/action', 'action', True),
+    ('GET', r'/v2\.1/servers', 'index'),
+    ('GET', r'/v2\.1/servers/detail', 'detail'),
+    ('GET', r'/v2\.1/servers/' + SERVER, 'show'),
+    ('POST', r'/v2\.1/servers/' + SERVER + r'/action', 'action'),
 ]
-COMPILED = [(method, re.compile('^' + path + '/?$'), name, needs_context)
-            for method, path, name, needs_context in ROUTES]
+COMPILED = [(method, re.compile('^' + path + '/?$'), name)
+            for method, path, name in ROUTES]
 
 
 def _json(body: dict, status: int = 200) -> webob.Response:
@@ -44,8 +44,16 @@ def _json(body: dict, status: int = 200) -> webob.Response:
 
 
 class ComputeAPI:
-    def __init__(self, host: Any, manager: Any, images: Any) -> None:
-        self._servers = servers.Servers(host, manager, images)
+    """The application.
+
+    :param trusted: no authentication runs in front of it (``auth_strategy
+        = noauth``): every request is the admin's.
+    """
+
+    def __init__(self, host: Any, manager: Any, images: Any,
+                 enforcer: Any, trusted: bool = False) -> None:
+        self._servers = servers.Servers(host, manager, images, enforcer)
+        self._trusted = trusted
 
     @webob.dec.wsgify
     def __call__(self, req: webob.Request) -> webob.Response:
@@ -81,7 +89,7 @@ class ComputeAPI:
     def _dispatch(self, req: webob.Request, path: str, base: str,
                   version: tuple) -> webob.Response:
         allowed = []
-        for method, regex, name, needs_context in COMPILED:
+        for method, regex, name in COMPILED:
             match = regex.match(path)
             if not match:
                 continue
@@ -89,11 +97,8 @@ class ComputeAPI:
                 allowed.append(method)
                 continue
             handler = getattr(self._servers, name)
-            kwargs = match.groupdict()
-            if needs_context:
-                kwargs['context'] = oslo_context.RequestContext.from_environ(
-                    req.environ)
-            result = handler(req, base, version, **kwargs)
+            result = handler(req, base, version, context=self._context(req),
+                             **match.groupdict())
             return result if isinstance(result, webob.Response) else (
                 _json(result))
         if allowed:
@@ -101,6 +106,15 @@ class ComputeAPI:
                                % (req.method, req.path),
                                headers={'Allow': ', '.join(allowed)})
         raise faults.Fault(404, 'The resource could not be found.')
+
+    def _context(self, req: webob.Request) -> oslo_context.RequestContext:
+        if self._trusted:
+            return oslo_context.RequestContext(is_admin=True,
+                                               roles=['admin'])
+        context = oslo_context.RequestContext.from_environ(req.environ)
+        # The user's token, for the calls made on the user's behalf.
+        context.user_auth_plugin = req.environ.get('keystone.token_auth')
+        return context
 
 
 def _too_large(req: webob.Request) -> bool:

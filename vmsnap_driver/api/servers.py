@@ -15,6 +15,7 @@ from vmsnap_driver.compute import manager as manager_mod
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import image_properties
+from vmsnap_driver import policy
 
 # libvirt state -> (status, vm_state, power_state), as Nova reports them.
 STATES = {
@@ -49,25 +50,41 @@ class Servers:
     """Handlers for /v2.1/servers; every method returns a JSON-able dict."""
 
     def __init__(self, host: Any, manager: manager_mod.ComputeManager,
-                 images: Any) -> None:
+                 images: Any, enforcer: policy.Enforcer) -> None:
         self._host = host
         self._manager = manager
         self._images = images
+        self._enforcer = enforcer
         self._hostname = socket.gethostname()
         self._host_id = hashlib.sha224(
             self._hostname.encode()).hexdigest()
         self._first_seen = {}
 
     # -- lookups ------------------------------------------------------
-    def _guest(self, server_id: str) -> guest_mod.Guest:
+    def _guest(self, server_id: str, context: Any,
+               rule: str = policy.SHOW) -> guest_mod.Guest:
+        """The server, if the caller may see it and do ``rule``.
+
+        A server the caller may not see is a 404, as in Nova, which never
+        tells that another project's server exists; one it may see but not
+        act on is a 403.
+        """
         not_found = faults.Fault(404, 'Instance %s could not be found.'
                                  % server_id)
         if not UUID_RE.match(server_id):
             raise not_found
         try:
-            return self._host.get_guest(server_id)
+            guest = self._host.get_guest(server_id)
         except exception.InstanceNotFound:
             raise not_found
+        owner = guest.owner_project()
+        if not self._enforcer.allows(policy.SHOW, context, owner):
+            raise not_found
+        if rule != policy.SHOW and not self._enforcer.allows(
+                rule, context, owner):
+            raise faults.Fault(403, 'Policy does not allow %s to be '
+                                    'performed.' % rule)
+        return guest
 
     def _created(self, uuid: str) -> str:
         # libvirt keeps no creation time: report when we first saw it.
@@ -146,16 +163,20 @@ class Servers:
         return server
 
     # -- handlers -----------------------------------------------------
-    def index(self, req: webob.Request, base: str, version: tuple) -> dict:
+    def index(self, req: webob.Request, base: str, version: tuple,
+              context: Any) -> dict:
         return {'servers': [self._summary(g, base)
-                            for g in self._filtered(req)]}
+                            for g in self._filtered(req, context)]}
 
-    def detail(self, req: webob.Request, base: str, version: tuple) -> dict:
+    def detail(self, req: webob.Request, base: str, version: tuple,
+               context: Any) -> dict:
         return {'servers': [self._detail(g, base, version)
-                            for g in self._filtered(req)]}
+                            for g in self._filtered(req, context)]}
 
-    def _filtered(self, req: webob.Request) -> list:
-        guests = self._host.list_guests()
+    def _filtered(self, req: webob.Request, context: Any) -> list:
+        guests = [g for g in self._host.list_guests()
+                  if self._enforcer.allows(policy.INDEX, context,
+                                           g.owner_project())]
         pattern = req.GET.get('name')
         if pattern:
             # Nova matches names as regular expressions.
@@ -167,9 +188,9 @@ class Servers:
         return sorted(guests, key=lambda g: g.name)
 
     def show(self, req: webob.Request, base: str, version: tuple,
-             server_id: str) -> dict:
-        return {'server': self._detail(self._guest(server_id), base,
-                                       version)}
+             server_id: str, context: Any) -> dict:
+        return {'server': self._detail(self._guest(server_id, context),
+                                       base, version)}
 
     def action(self, req: webob.Request, base: str, version: tuple,
                server_id: str, context: Any) -> webob.Response:
@@ -178,11 +199,13 @@ class Servers:
             raise faults.Fault(400, 'Exactly one action is expected in '
                                     'the request body.')
         name = next(iter(body))
-        handler = {'createImage': self._create_image,
-                   'rebuild': self._rebuild}.get(name)
+        handler, rule = {
+            'createImage': (self._create_image, policy.CREATE_IMAGE),
+            'rebuild': (self._rebuild, policy.REBUILD)}.get(name, (None,
+                                                                   None))
         if handler is None:
             raise faults.Fault(400, 'There is no such action: %s' % name)
-        guest = self._guest(server_id)
+        guest = self._guest(server_id, context, rule)
         instance = manager_mod.Instance(uuid=guest.uuid, name=guest.name)
         try:
             return handler(body, base, version, guest, instance, context)

@@ -23,6 +23,7 @@ from vmsnap_driver.compute import manager as manager_mod
 from vmsnap_driver import config
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
+from vmsnap_driver import policy
 
 LOG = logging.getLogger(__name__)
 CONF = config.CONF
@@ -38,9 +39,11 @@ def _is_loopback(address: str) -> bool:
 
 def build_app(manager: manager_mod.ComputeManager,
               images: glance.ImageService):
+    keystone = CONF.api.auth_strategy == 'keystone'
     application = app.ComputeAPI(
-        host_mod.Host(CONF.libvirt.connection_uri), manager, images)
-    if CONF.api.auth_strategy == 'keystone':
+        host_mod.Host(CONF.libvirt.connection_uri), manager, images,
+        policy.Enforcer(CONF), trusted=not keystone)
+    if keystone:
         # Imported here: only keystone deployments need it.
         from keystonemiddleware import auth_token
         application = app.VersionsWithoutAuth(
@@ -62,8 +65,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         'vmsnap.compute_drivers', CONF.compute_driver,
         invoke_on_load=True).driver
     images = glance.ImageService(CONF)
-    manager = manager_mod.ComputeManager(driver, images,
-                                         CONF.max_concurrent_snapshots)
+    manager = manager_mod.ComputeManager(
+        driver, images, CONF.max_concurrent_snapshots,
+        images_for=lambda context: glance.for_context(CONF, context, images))
     # Before the first request: no guest stays as a killed process left it.
     for outcome in driver.recover():
         manager.record_fault(outcome.instance_uuid, outcome.message)

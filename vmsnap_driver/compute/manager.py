@@ -55,8 +55,10 @@ class Task:
     # user, as in Nova.
     status: str
     image_id: Optional[str] = None
-    # The image was created for this task, and goes if the task fails.
+    # The image was created for this task, and goes if the task fails,
+    # through ``images`` (Glance as the requesting user).
     owns_image: bool = True
+    images: Any = None
 
 
 def _utcnow() -> str:
@@ -68,9 +70,15 @@ class ComputeManager:
     """One snapshot per server at a time, at most ``max_concurrent`` runs."""
 
     def __init__(self, driver: Any, images: glance.ImageService,
-                 max_concurrent: int) -> None:
+                 max_concurrent: int,
+                 images_for: Optional[Callable[[Any], Any]] = None) -> None:
+        """Run operations through ``driver``.
+
+        :param images_for: Glance for a request's context (the user's
+            token); ``images`` (the service's) for every request if None.
+        """
         self._driver = driver
-        self._images = images
+        self._images_for = images_for or (lambda _context: images)
         self._executor = futures.ThreadPoolExecutor(
             max_workers=max_concurrent, thread_name_prefix='snapshot')
         self._lock = threading.Lock()
@@ -107,7 +115,9 @@ class ComputeManager:
     def snapshot(self, context: Any, instance: Instance, name: str,
                  metadata: Dict[str, str], status: str) -> str:
         """Create the queued image and start the snapshot; its image id."""
-        self._claim(instance.uuid, Task(IMAGE_SNAPSHOT_PENDING, status))
+        images = self._images_for(context)
+        self._claim(instance.uuid, Task(IMAGE_SNAPSHOT_PENDING, status,
+                                        images=images))
         try:
             properties = image_properties.inherited(instance)
             properties.update(metadata)
@@ -115,7 +125,7 @@ class ComputeManager:
                                'instance_uuid': instance.uuid})
             if instance.image_ref:
                 properties['base_image_ref'] = instance.image_ref
-            image_id = self._images.create(name, properties)['id']
+            image_id = images.create(name, properties)['id']
         except Exception:
             self._release(instance.uuid)
             raise
@@ -210,7 +220,7 @@ class ComputeManager:
                               instance_uuid=uuid)
             task = self.task(uuid)
             if task.owns_image:
-                self._images.delete(task.image_id)
+                task.images.delete(task.image_id)
             with self._lock:
                 self._faults[uuid] = {
                     'code': 500, 'created': _utcnow(),
@@ -245,7 +255,7 @@ class ComputeManager:
                 if task and task.image_id and task.owns_image:
                     LOG.info('Dropping queued snapshot into image %s',
                              task.image_id, instance_uuid=uuid)
-                    self._images.delete(task.image_id)
+                    task.images.delete(task.image_id)
         with self._lock:
             running = [f for f in self._queued if not f.done()]
         if running:
