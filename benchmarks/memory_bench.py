@@ -2,8 +2,8 @@
 """Memory snapshots and reverts: pause and revert time against RAM and disk.
 
 For each RAM size and disk data size, a real TCG guest is booted with that
-much RAM, three quarters of it filled with random data (a tmpfs file, so
-the memory state does not compress to nothing), on a disk holding that much
+much RAM, half of it filled with random data (a tmpfs file, so the memory
+state does not compress to nothing; more runs a small guest out of memory), on a disk holding that much
 random data, half in a qcow2 backing file and half in its overlay (as the
 snapshot benchmark lays it out).  Then, through vmsnap's driver:
 
@@ -57,7 +57,7 @@ def one(conn, glance, workroot: str, ram: int, data: int) -> dict:
     disk = snapshot_bench.build_disk(workdir, data)
     guest = testguest.TestGuest(conn, workdir, disk=disk,
                                 memory_mib=ram // MIB,
-                                fill_mib=ram * 3 // 4 // MIB)
+                                fill_mib=ram // 2 // MIB)
     created = []
     try:
         guest.start(timeout=900)
@@ -136,7 +136,7 @@ def plot(rows: list, path: str) -> None:
         axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-    figure.text(0.5, 0.01, 'TCG guests, 3/4 of RAM filled with random data; '
+    figure.text(0.5, 0.01, 'TCG guests, half of RAM filled with random data; '
                 'disk data half in the backing file, half in the overlay',
                 ha='center', fontsize=8)
     figure.tight_layout(rect=(0, 0.04, 1, 1))

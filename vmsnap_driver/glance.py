@@ -98,10 +98,13 @@ class ImageService:
             return dict(self._get_client().images.get(image_id))
 
     def create(self, name: str, properties: dict) -> dict:
-        """A new, queued image, as Nova's API creates one for a snapshot."""
+        """A new, queued image, as Nova's API creates one for a snapshot.
+
+        Private to its owner, as Nova makes snapshots.
+        """
         with self._translated('create', '-'):
             return dict(self._get_client().images.create(
-                name=name, **properties))
+                name=name, **dict({'visibility': 'private'}, **properties)))
 
     def delete(self, image_id: str) -> None:
         """Delete an image a failed snapshot leaves behind; never raise.

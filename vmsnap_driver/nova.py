@@ -55,7 +55,7 @@ def list_opts() -> list:
     return [(group, snapshot_opts)]
 
 
-GLANCE_FIELDS = ('os_hidden',)
+GLANCE_FIELDS = ('os_hidden', 'visibility')
 
 
 def _state_path() -> str:

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 
 BIN = os.path.dirname(sys.executable)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 def _free_port() -> int:

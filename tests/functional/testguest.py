@@ -104,6 +104,17 @@ SECOND_DISK = """    <disk type='file' device='disk'>
     </disk>
 """
 
+# The owner as Nova writes it into the domains it creates.
+NOVA_OWNER = """  <metadata>
+    <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
+      <nova:owner>
+        <nova:user uuid="%(user)s">user</nova:user>
+        <nova:project uuid="%(project)s">project</nova:project>
+      </nova:owner>
+    </nova:instance>
+  </metadata>
+"""
+
 AGENT_CHANNEL = """    <channel type='unix'>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
     </channel>
@@ -112,7 +123,7 @@ AGENT_CHANNEL = """    <channel type='unix'>
 DOMAIN_XML = """<domain type='qemu'>
   <name>%(name)s</name>
   <uuid>%(uuid)s</uuid>
-  <memory unit='MiB'>%(memory_mib)d</memory>
+%(metadata)s  <memory unit='MiB'>%(memory_mib)d</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
@@ -287,7 +298,7 @@ class TestGuest:
                  disk: Optional[dict] = None, agent: bool = False,
                  second_disk: bool = False, period: float = 0.5,
                  cache: Optional[str] = None, memory_mib: int = 192,
-                 fill_mib: int = 0) -> None:
+                 fill_mib: int = 0, owner: Optional[str] = None) -> None:
         """A guest that writes to an ext4 disk of its own.
 
         :param disk: use this prebuilt disk (``path``, ``format``) instead;
@@ -300,6 +311,7 @@ class TestGuest:
         :param memory_mib: the guest's RAM.
         :param fill_mib: MiB of its RAM to fill with random data before it
             says it is ready.
+        :param owner: a project id, written as Nova's owner metadata.
         """
         self.conn = conn
         self.workdir = workdir
@@ -333,6 +345,8 @@ class TestGuest:
             'disk': self.disk['path'], 'disk_format': self.disk['format'],
             'cache': " cache='%s'" % cache if cache else '',
             'console': self.console, 'memory_mib': memory_mib,
+            'metadata': NOVA_OWNER % {'user': '0' * 32, 'project': owner}
+            if owner else '',
             'channel': AGENT_CHANNEL if agent else '',
             'second_disk': (SECOND_DISK % self.second_disk['path']
                             if second_disk else '')}
@@ -372,7 +386,7 @@ class TestGuest:
     def wait_for(self, marker: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while marker not in self.console_text():
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or not self.dom.isActive():
                 raise AssertionError(
                     'guest %s did not print %r within %ss; console:\n%s'
                     % (self.name, marker, timeout,
