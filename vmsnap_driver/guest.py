@@ -39,6 +39,10 @@ STATES = {
 
 ACTIVE_STATES = (RUNNING, PAUSED)
 
+# libvirt's ways of saying a job or the domain is not there (any more).
+GONE_ERRORS = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_BACKUP,
+               libvirt.VIR_ERR_OPERATION_INVALID)
+
 AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 # Nova's metadata in the domain XML (1.1 today; any version is read).
 NOVA_NAMESPACE = 'http://openstack.org/xmlns/libvirt/nova/'
@@ -125,6 +129,21 @@ class Guest:
                     return project.get('uuid')
         return None
 
+    def is_gone(self) -> bool:
+        """The guest no longer runs: shut off, crashed, or deleted.
+
+        Raises HypervisorError when libvirtd cannot tell.
+        """
+        try:
+            state = self._domain.state()[0]
+        except libvirt.libvirtError as e:
+            if e.get_error_code() in GONE_ERRORS:
+                return True
+            raise exception.HypervisorError(
+                action='read the domain state', instance_uuid=self.uuid,
+                reason=e.get_error_message())
+        return STATES.get(state, NOSTATE) not in ACTIVE_STATES
+
     def hardware(self) -> Tuple[int, int]:
         """Virtual CPUs and memory (MiB), for a flavor-like description."""
         with self._translated('read the domain info'):
@@ -205,7 +224,7 @@ class Guest:
         with self._translated('resume the guest'):
             self._domain.resume()
 
-    def save_memory(self, path: str) -> float:
+    def save_memory(self, path: str) -> None:
         """Write memory and device state to ``path``; leave the guest paused.
 
         An external memory snapshot with every disk left to the caller
@@ -213,7 +232,6 @@ class Guest:
         runs and pauses it only for the last pass, so the state is final
         when this returns.  No libvirt snapshot metadata, no disk overlay:
         the domain is untouched.  The file has ``virDomainSave``'s format.
-        Returns QEMU's downtime in seconds (0 when libvirt does not say).
         """
         disks = ''.join("<disk name=%s snapshot='manual'/>"
                         % saxutils.quoteattr(d.target) for d in self.disks())
@@ -225,12 +243,6 @@ class Guest:
                  libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
         with self._translated('save the guest\'s memory'):
             self._domain.snapshotCreateXML(xml, flags)
-        try:
-            stats = self._domain.jobStats(
-                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-        except libvirt.libvirtError:
-            return 0.0
-        return stats.get('downtime', 0) / 1000.0
 
     def save(self, path: str) -> None:
         """Save memory to ``path`` and stop QEMU (``virDomainSave``)."""
@@ -312,11 +324,19 @@ class Guest:
             self._domain.backupBegin(xml, None, 0)
 
     def backup_socket(self) -> Optional[str]:
-        """The NBD socket of the domain's pull backup, if one runs."""
+        """The NBD socket of the domain's pull backup, if one runs.
+
+        Raises HypervisorError when libvirtd cannot tell (it is gone):
+        not knowing is not "no job".
+        """
         try:
             xml = self._domain.backupGetXMLDesc(0)
-        except libvirt.libvirtError:
-            return None
+        except libvirt.libvirtError as e:
+            if e.get_error_code() in GONE_ERRORS:
+                return None
+            raise exception.HypervisorError(
+                action='look for a backup job', instance_uuid=self.uuid,
+                reason=e.get_error_message())
         server = ElementTree.fromstring(xml).find('./server')
         return server.get('socket') if server is not None else None
 

@@ -17,6 +17,7 @@ import struct
 import threading
 from typing import Callable, Iterator, List, Tuple
 
+from vmsnap_driver import exception
 from vmsnap_driver import nbd
 
 CLUSTER_BITS = 16
@@ -242,6 +243,10 @@ def _l2_tables(layout: Qcow2Layout) -> Iterator[bytes]:
 ENCODERS = {'qcow2': qcow2, 'raw': raw}
 
 
+class StreamError(exception.VmsnapException):
+    msg_fmt = 'Reading the disk for the image failed: %(reason)s'
+
+
 class Prefetcher:
     """A file-like view of chunks produced by a thread, read by another.
 
@@ -276,7 +281,11 @@ class Prefetcher:
                 if self._stopped.is_set():
                     return
         except BaseException as e:  # handed to the reading thread
-            self._error = e
+            # As an error an HTTP client cannot mistake for the server
+            # closing the connection (urllib3 swallows ECONNRESET and
+            # EPIPE from a body and waits for an answer).
+            self._error = e if not isinstance(e, OSError) else (
+                StreamError(reason=str(e)))
         self._queue.put(self._DONE)
 
     def __len__(self) -> int:

@@ -116,6 +116,11 @@ class Client:
             except socket.timeout:
                 raise self._error('no answer within %s s'
                                   % self._sock.gettimeout())
+            except OSError as e:
+                # Never an OSError to callers: an HTTP client sending this
+                # stream as a body takes ECONNRESET for the far end closing
+                # and waits for an answer that never comes.
+                raise self._error('the connection failed: %s' % e)
             if not n:
                 raise self._error('the server closed the connection')
             got += n
@@ -176,8 +181,12 @@ class Client:
 
     def _request(self, command: int, offset: int, length: int) -> int:
         self._handle += 1
-        self._sock.sendall(struct.pack('>IHHQQI', REQUEST_MAGIC, 0, command,
-                                       self._handle, offset, length))
+        try:
+            self._sock.sendall(struct.pack('>IHHQQI', REQUEST_MAGIC, 0,
+                                           command, self._handle, offset,
+                                           length))
+        except OSError as e:
+            raise self._error('the connection failed: %s' % e)
         return self._handle
 
     def _chunks(self, handle: int) -> Iterator[tuple]:
@@ -297,7 +306,7 @@ class Client:
     def close(self) -> None:
         try:
             self._request(CMD_DISC, 0, 0)
-        except OSError:
+        except NbdError:
             pass
         self._sock.close()
 

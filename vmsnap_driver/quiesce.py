@@ -131,6 +131,14 @@ class Freezer:
             self._guest.thaw_filesystems()
             record.update(frozen=False)
         except exception.HypervisorError as e:
+            try:
+                gone = self._guest.is_gone()
+            except exception.HypervisorError:
+                gone = False
+            if gone:
+                # Shut down or deleted meanwhile: nothing is frozen.
+                record.update(frozen=False)
+                return
             LOG.error('Thawing the filesystems failed: %s. If the guest is '
                       'frozen, run "virsh domfsthaw %s".', e.message,
                       self._guest.uuid, instance_uuid=self._guest.uuid)

@@ -9,11 +9,15 @@ import glob
 import os
 import subprocess
 import tempfile
+import threading
 import time
 
+import glanceclient
 import libvirt
 import pytest
 
+from tests.functional import checks
+from tests.functional import service as service_mod
 from tests.functional import testguest
 
 DISK_MIB = 384
@@ -144,3 +148,100 @@ def test_kill_during_revert_swap_puts_the_guest_back(
     memory_id = glance.images.get(image_id)['vmsnap_memory_image']
     for each in (memory_id, image_id):
         glance.images.delete(each)
+
+
+def _snapshot_in_background(driver, guest, image_id):
+    """Run a snapshot in a thread; its outcome lands in the dict."""
+    outcome = {}
+
+    def run():
+        try:
+            driver.snapshot(None, checks.Instance(guest), image_id)
+        except Exception as e:
+            outcome['error'] = e
+        else:
+            outcome['error'] = None
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _assert_nothing_left(conf, guest):
+    state = conf.state_path
+    assert os.listdir(os.path.join(state, 'operations')) == []
+    assert glob.glob(os.path.join(state, 'snapshots', '*')) == []
+
+
+@pytest.mark.parametrize('what', ['shut down from inside', 'deleted'])
+def test_guest_gone_mid_snapshot_fails_cleanly(
+        conf, load_driver, conn, workroot, guest_kit, glance, queued_image,
+        what):
+    workdir = tempfile.mkdtemp(dir=workroot, prefix='guest-')
+    os.chmod(workdir, 0o755)
+    path = os.path.join(workdir, 'disk.raw')
+    subprocess.run(['dd', 'if=/dev/urandom', 'of=' + path, 'bs=1M',
+                    'count=%d' % DISK_MIB, 'status=none'], check=True)
+    guest = testguest.TestGuest(conn, workdir, agent=True,
+                                disk={'path': path, 'format': 'raw'})
+    try:
+        guest.start()
+        conf.set_override('snapshot_mode', 'live', group='libvirt')
+        image_id = queued_image()
+        thread, outcome = _snapshot_in_background(load_driver(), guest,
+                                                  image_id)
+        _wait(lambda: _backup_running(guest), 'the backup job')
+        if what == 'deleted':
+            guest.dom.destroy()
+            guest.dom.undefine()
+        else:
+            # Its own user ends it (the test domain has no ACPI, so a
+            # poweroff only halts: a reboot ends it, on_reboot=destroy).
+            guest.start_command('reboot -f')
+            _wait(lambda: guest.state() == libvirt.VIR_DOMAIN_SHUTOFF,
+                  'the guest off', timeout=30, interval=0.1)
+        thread.join(120)
+        assert not thread.is_alive()
+        assert outcome['error'] is not None
+        assert glance.images.get(image_id)['status'] != 'active'
+        _assert_nothing_left(conf, guest)
+        if what != 'deleted':
+            assert not _backup_running(guest)
+            assert guest.state() == libvirt.VIR_DOMAIN_SHUTOFF
+    finally:
+        guest.destroy()
+
+
+def test_glance_killed_mid_upload_leaves_the_guest_running(
+        conf, load_driver, big_guest, workroot):
+    env = dict(os.environ,
+               VMSNAP_GLANCE_DIR=os.path.join(workroot, 'glance-killed'),
+               VMSNAP_GLANCE_PORT='9595')
+    script = os.path.join(service_mod.REPO, 'tools', 'glance-local')
+    subprocess.run([script, 'start'], env=env, check=True)
+    url = 'http://127.0.0.1:9595'
+    conf.set_override('endpoint_override', url, group='glance')
+    conf.set_override('snapshot_mode', 'live', group='libvirt')
+    glance = glanceclient.Client('2', endpoint=url)
+    try:
+        image_id = glance.images.create(name='glance dies')['id']
+        xml = big_guest.inactive_xml()
+        thread, outcome = _snapshot_in_background(load_driver(), big_guest,
+                                                  image_id)
+        _wait(lambda: _backup_running(big_guest), 'the backup job')
+        time.sleep(0.5)
+        pidfile = os.path.join(env['VMSNAP_GLANCE_DIR'], 'gunicorn.pid')
+        master = open(pidfile).read().strip()
+        subprocess.run('kill -9 $(pgrep -P %s) %s' % (master, master),
+                       shell=True, check=False)
+        os.unlink(pidfile)
+        thread.join(120)
+        assert not thread.is_alive()
+        assert outcome['error'] is not None, 'the snapshot succeeded'
+        assert big_guest.state() == libvirt.VIR_DOMAIN_RUNNING
+        assert not _backup_running(big_guest)
+        assert big_guest.inactive_xml() == xml
+        _assert_nothing_left(conf, big_guest)
+        subprocess.run([script, 'start'], env=env, check=True)
+        assert glance.images.get(image_id)['status'] != 'active'
+    finally:
+        subprocess.run([script, 'stop'], env=env, check=False)

@@ -441,6 +441,11 @@ class TestGuest:
                                   'arguments': arguments}), timeout, 0)
         return json.loads(answer)['return']
 
+    def start_command(self, script: str) -> int:
+        """Start a shell script inside the guest; its pid, no waiting."""
+        return self._agent('guest-exec', path='/bin/sh',
+                           arg=['-c', script])['pid']
+
     def run(self, script: str, timeout: float = 60) -> tuple:
         """Run a shell script inside the guest: (exit code, stdout)."""
         deadline = time.monotonic() + timeout

@@ -16,6 +16,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 from oslo_log import log as logging
 
 from vmsnap_driver.capture import base
+from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import journal
 
@@ -52,7 +53,13 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
               instance_uuid=guest.uuid)
 
     def end() -> None:
-        guest.abort_job()
+        try:
+            guest.abort_job()
+        except exception.HypervisorError:
+            # A guest that shut down, or a domain deleted, took its job
+            # along: only a job still there is a failure.
+            if guest.backup_socket() == socket_path:
+                raise
         record.update(backup_socket=None)
         LOG.debug('Backup job of %(disks)s ended', {'disks': targets},
                   instance_uuid=guest.uuid)
