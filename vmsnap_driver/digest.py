@@ -67,8 +67,12 @@ def of_export(client: nbd.Client) -> str:
     return digest.hexdigest()
 
 
-def of_file(path: str, image_format: str) -> str:
-    """The digest of an image file's virtual disk (its backing included)."""
-    with qemu_nbd.serve(path, image_format) as sock:
+def of_file(path: str, image_format: str, untrusted: bool = False) -> str:
+    """The digest of an image file's virtual disk (its backing included).
+
+    :param untrusted: the file came from Glance (and passed
+        image_safety): read it under resource limits.
+    """
+    with qemu_nbd.serve(path, image_format, untrusted) as sock:
         with nbd.Client(sock, qemu_nbd.EXPORT) as client:
             return of_export(client)

@@ -83,7 +83,7 @@ class LibvirtDriver:
         recover``): every guest is brought back to the state it had.
         """
         return recovery.recover(self._host, self._images,
-                                self._conf.state_path)
+                                self._conf.state_path, lock=_instance_lock)
 
 
 def _instance_lock(instance_uuid: str) -> Any:

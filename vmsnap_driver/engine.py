@@ -14,11 +14,13 @@ from typing import Any, Callable, Optional
 import uuid as uuidlib
 
 from oslo_log import log as logging
+from oslo_utils import strutils
 
 from vmsnap_driver import capture
 from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import decide
 from vmsnap_driver import digest
+from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import image_properties
@@ -39,10 +41,9 @@ KIND = 'snapshot'
 IMAGE_PENDING_UPLOAD = 'image_pending_upload'
 IMAGE_UPLOADING = 'image_uploading'
 
-DIGEST_PROPERTY = 'vmsnap_content_sha256'
+DIGEST_PROPERTY = image_properties.DIGEST_PROPERTY
 # The request property that asks for (or against) the memory state.
 MEMORY_REQUEST_PROPERTY = 'vmsnap_memory'
-TRUE_STRINGS = ('yes', 'true', '1', 'on')
 
 MIB = 1024 * 1024
 
@@ -109,6 +110,8 @@ class SnapshotEngine:
                   and state in guest_mod.ACTIVE_STATES)
         # A memory state resumes over every disk the guest writes: all of
         # them are captured at its instant, or a revert would mix times.
+        if memory:
+            _check_memory_disks(guest)
         disks = (guest.writable_file_disks()
                  if libvirt_conf.snapshot_disks == 'all' or memory
                  else [guest.root_disk()])
@@ -284,7 +287,7 @@ class _ImageGroup:
                  memory: bool = False,
                  record: Optional[journal.Record] = None) -> None:
         self._images = images
-        self._record = record or journal.Unrecorded()
+        self._record = journal.unrecorded(record)
         self._ids = {disks[0].target: root_image['id']}
         self._created = []
         self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
@@ -353,6 +356,19 @@ def _flatten(view: capture_base.DiskView, dest: str, image_format: str,
                              image_format, compress=compress)
 
 
+def _check_memory_disks(guest: guest_mod.Guest) -> None:
+    """A memory state needs every disk the guest writes captured with it."""
+    others = [d.target for d in guest.disks()
+              if not d.readonly and (d.source_type != 'file' or not d.path)]
+    if others:
+        raise exception.SnapshotUnsupported(
+            mode='memory', instance_uuid=guest.uuid,
+            reason='disk(s) %s are not files vmsnap can capture at the '
+                   'memory\'s instant, and a revert would resume the memory '
+                   'over their newer content; snapshot without '
+                   'vmsnap_memory' % ', '.join(others))
+
+
 def _end(record: journal.Record) -> None:
     """Drop the record, unless it says a change is still not undone."""
     left = journal.outstanding(record.facts, capture_base.RECORDED_CHANGES)
@@ -370,7 +386,7 @@ def _memory_requested(image: dict, options: Any) -> bool:
     asked = image.get(MEMORY_REQUEST_PROPERTY)
     if asked is None:
         return bool(options.snapshot_memory)
-    return str(asked).lower() in TRUE_STRINGS
+    return strutils.bool_from_string(asked)
 
 
 def _flat_size(chain: list) -> int:

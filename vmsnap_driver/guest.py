@@ -8,6 +8,7 @@ here, so no caller parses libvirt error codes.
 import contextlib
 import dataclasses
 import os
+import time
 from typing import Iterator, List, Optional, Tuple
 from xml.etree import ElementTree
 from xml.sax import saxutils
@@ -339,6 +340,27 @@ class Guest:
                 reason=e.get_error_message())
         server = ElementTree.fromstring(xml).find('./server')
         return server.get('socket') if server is not None else None
+
+    def wait_for_state_job(self, timeout: float) -> None:
+        """Wait while libvirtd saves, restores or snapshots the domain.
+
+        A process that dies mid-call leaves libvirtd to finish it: its
+        outcome, not its middle, is what recovery must see.
+        """
+        busy = (libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE,
+                libvirt.VIR_DOMAIN_JOB_OPERATION_RESTORE,
+                libvirt.VIR_DOMAIN_JOB_OPERATION_SNAPSHOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                stats = self._domain.jobStats(0)
+            except libvirt.libvirtError:
+                return
+            if (stats.get('type', libvirt.VIR_DOMAIN_JOB_NONE)
+                    == libvirt.VIR_DOMAIN_JOB_NONE
+                    or stats.get('operation') not in busy):
+                return
+            time.sleep(0.5)
 
     def abort_job(self) -> None:
         """End the domain's job (a pull backup ends this way)."""

@@ -70,6 +70,7 @@ NOT_INHERITED_PREFIXES = ('os_glance', 'os_hash', 'vmsnap_')
 MAX_VALUE_LENGTH = 255
 
 MEMORY = 'memory'
+DIGEST_PROPERTY = 'vmsnap_content_sha256'
 # vmsnap properties a request may set on its image.
 REQUEST_PROPERTIES = frozenset(['vmsnap_memory'])
 # Glance's core and reserved fields, and what Nova and vmsnap write: a

@@ -15,7 +15,7 @@ old record or the new one, never half of one.
 import json
 import os
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 import uuid as uuidlib
 
 from oslo_log import log as logging
@@ -83,6 +83,11 @@ class Unrecorded(Record):
 
     def remove(self) -> None:
         pass
+
+
+def unrecorded(record: Optional[Record]) -> Record:
+    """``record``, or one kept in memory for callers with none."""
+    return record if record is not None else Unrecorded()
 
 
 def outstanding(facts: Dict[str, Any], keys: tuple) -> List[str]:

@@ -22,6 +22,7 @@ import zstandard
 
 from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import exception
+from vmsnap_driver import image_properties
 
 CONTAINER_FORMAT = 'compressed'
 DISK_FORMAT = 'raw'
@@ -32,7 +33,6 @@ CHUNK = 4 * 1024 * 1024
 LINK_PROPERTY = 'vmsnap_memory_image'
 OF_PROPERTY = 'vmsnap_memory_of'
 SHA256_PROPERTY = 'vmsnap_memory_sha256'
-STATE_PROPERTY = 'vmsnap_guest_state'
 # What a domain must match for the state to resume in it.
 FIT_PROPERTIES = {
     'machine_type': 'vmsnap_machine_type',
@@ -76,6 +76,27 @@ def misfit(memory_image: dict, machine: Dict[str, str]) -> Optional[str]:
     return None
 
 
+class _ChunkReader:
+    """A file over an iterator of chunks, for zstd's stream reader."""
+
+    def __init__(self, chunks: Any, progress: Callable[[int], None]) -> None:
+        self._chunks = iter(chunks)
+        self._progress = progress
+        self._pending = b''
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b''
+            self._progress(len(chunk))
+            self._pending = chunk
+        if size < 0:
+            size = len(self._pending)
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+
 class _HashingReader:
     """A file whose reads are hashed on the way (the uncompressed bytes)."""
 
@@ -105,7 +126,7 @@ def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
     properties = dict(properties, **{
         OF_PROPERTY: disk_image_id,
         SHA256_PROPERTY: sha256,
-        STATE_PROPERTY: memory.state,
+        image_properties.GUEST_STATE_PROPERTY: memory.state,
         'vmsnap_memory_size': str(os.path.getsize(memory.path)),
         'vmsnap_memory_compression': COMPRESSION,
     })
@@ -119,13 +140,26 @@ def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
     return sha256
 
 
-def download(images: Any, image: dict, dest: str,
-             progress: Callable[[int], None] = lambda _n: None) -> None:
-    """Fetch and decompress the state into ``dest``; prove it first.
+# What a saved state holds beyond the guest's RAM: device state, headers.
+DEVICE_STATE_MARGIN = 256 * 1024 * 1024
 
+
+def download(images: Any, image: dict, dest: str, memory_mib: int,
+             progress: Callable[[int], None] = lambda _n: None) -> None:
+    """Fetch the state from Glance into ``dest``: see :func:`unpack`."""
+    unpack(image, images.data(image['id']), dest, memory_mib, progress)
+
+
+def unpack(image: dict, chunks: Any, dest: str, memory_mib: int,
+           progress: Callable[[int], None] = lambda _n: None) -> None:
+    """Decompress the image's bytes (``chunks``) into ``dest``; prove them.
+
+    An image is untrusted: decompression stops past what a guest of
+    ``memory_mib`` can have saved, however small the compressed input.
     Raises ImageCorrupt when the bytes are not the ones recorded; ``dest``
     is then removed.
     """
+    limit = memory_mib * 1024 * 1024 + DEVICE_STATE_MARGIN
     expected = image.get(SHA256_PROPERTY)
     if (image.get('container_format') != CONTAINER_FORMAT
             or image.get('vmsnap_memory_compression') != COMPRESSION
@@ -137,16 +171,21 @@ def download(images: Any, image: dict, dest: str,
     raw = hashlib.sha256()
     try:
         with open(dest, 'wb') as out:
-            decompressor = zstandard.ZstdDecompressor().decompressobj()
-            for chunk in images.data(image['id']):
-                progress(len(chunk))
-                data = decompressor.decompress(chunk)
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                _ChunkReader(chunks, progress))
+            written = 0
+            while True:
+                data = reader.read(CHUNK)
+                if not data:
+                    break
+                written += len(data)
+                if written > limit:
+                    raise exception.ImageCorrupt(
+                        image_id=image['id'], reason='it decompresses to '
+                        'more than a guest of %d MiB can have saved'
+                        % memory_mib)
                 raw.update(data)
                 out.write(data)
-            if not decompressor.eof:
-                raise exception.ImageCorrupt(
-                    image_id=image['id'], reason='the compressed state is '
-                    'truncated')
     except zstandard.ZstdError as e:
         os.unlink(dest)
         raise exception.ImageCorrupt(image_id=image['id'],

@@ -232,7 +232,7 @@ class Client:
                               'server\'s %d-byte blocks'
                               % (length, offset, self.min_block))
         handle = self._request(CMD_READ, offset, length)
-        covered = 0
+        covered = []
         for rtype, chunk_length in self._chunks(handle):
             if rtype == REPLY_TYPE_OFFSET_DATA:
                 start = struct.unpack('>Q', self._recv(8))[0] - offset
@@ -247,10 +247,17 @@ class Client:
             else:
                 self._recv(chunk_length)
                 continue
-            covered += size
-        if covered != length:
-            raise self._error('the reply covered %d of the %d bytes read at '
-                              '%d' % (covered, length, offset))
+            covered.append((start, size))
+        # Chunks may come in any order, but must tile the request exactly:
+        # a gap would leave stale bytes, an overlap hide one.
+        end = 0
+        for start, size in sorted(covered):
+            if start != end:
+                break
+            end = start + size
+        if end != length or sum(size for _s, size in covered) != length:
+            raise self._error('the reply does not cover the %d bytes read at '
+                              '%d exactly' % (length, offset))
 
     def _check_chunk(self, start: int, size: int, length: int) -> None:
         if start < 0 or size <= 0 or start + size > length:

@@ -74,7 +74,10 @@ class _NovaImages:
 
     def get(self, image_id: str) -> dict:
         """The image with its properties at the top, as Glance shows it."""
-        image = self._api.get(self._context, image_id)
+        try:
+            image = self._api.get(self._context, image_id)
+        except nova_exception.ImageNotFound:
+            raise exception.ImageNotFound(image_id=image_id)
         flat = dict(image.get('properties') or {})
         flat.update((k, v) for k, v in image.items() if k != 'properties')
         return flat

@@ -7,6 +7,7 @@ image is hashed.  The format is always given (``-f``), never probed.
 
 import contextlib
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -19,9 +20,19 @@ EXPORT = 'disk'
 START_TIMEOUT = 30
 
 
+def _limit_memory() -> None:
+    """In the child: qemu-img's limits for untrusted images, for qemu-nbd."""
+    limit = qemu_img.UNTRUSTED_LIMITS.address_space
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 @contextlib.contextmanager
-def serve(path: str, fmt: str) -> Iterator[str]:
-    """Export ``path`` on a private unix socket; yield the socket path."""
+def serve(path: str, fmt: str, untrusted: bool = False) -> Iterator[str]:
+    """Export ``path`` on a private unix socket; yield the socket path.
+
+    :param untrusted: the image came from Glance: qemu-nbd runs under the
+        same memory limit as qemu-img on such images.
+    """
     if fmt not in qemu_img.FORMATS:
         raise exception.QemuImgFailed(command='qemu-nbd', exit_code='-',
                                       stderr='unsupported format %r' % fmt)
@@ -30,8 +41,9 @@ def serve(path: str, fmt: str) -> Iterator[str]:
     cmd = ['qemu-nbd', '--read-only', '--persistent', '--shared=4',
            '-f', fmt, '-x', EXPORT, '-k', sock, path]
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_limit_memory if untrusted else None)
     except OSError as e:
         os.rmdir(directory)
         raise exception.QemuImgFailed(command=' '.join(cmd), exit_code='-',

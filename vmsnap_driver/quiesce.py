@@ -14,6 +14,7 @@ import time
 from typing import Any, Iterator, Optional
 
 from oslo_log import log as logging
+from oslo_utils import strutils
 
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
@@ -28,13 +29,10 @@ REQUIRED = 'required'
 CRASH_CONSISTENT = 'crash-consistent'
 FILESYSTEM_FROZEN = 'filesystem-frozen'
 
-TRUE_STRINGS = ('yes', 'true', '1', 'on')
-
 
 def _image_flag(instance: Any, name: str) -> bool:
     system_metadata = getattr(instance, 'system_metadata', None) or {}
-    return str(system_metadata.get('image_' + name, '')).lower() in (
-        TRUE_STRINGS)
+    return strutils.bool_from_string(system_metadata.get('image_' + name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +99,7 @@ class Freezer:
         if not self._plan.freeze:
             yield
             return
-        record = record if record is not None else journal.Unrecorded()
+        record = journal.unrecorded(record)
         started = time.monotonic()
         record.update(frozen=True)
         try:

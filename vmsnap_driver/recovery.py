@@ -19,10 +19,11 @@ Each action is logged with the instance UUID; what happened to each
 operation is returned, so a service can show it as a fault on the server.
 """
 
+import contextlib
 import dataclasses
 import os
 import shutil
-from typing import Any, List, Optional
+from typing import Any, Callable, ContextManager, List, Optional
 
 from oslo_log import log as logging
 
@@ -44,38 +45,60 @@ class Outcome:
     message: str
 
 
-def recover(host: Any, images: Any, state_path: str) -> List[Outcome]:
+# Seconds to wait for a save, restore or memory snapshot that libvirtd is
+# still carrying out for a process that died: act on its result, not midway.
+JOB_WAIT = 300
+
+
+def recover(host: Any, images: Any, state_path: str,
+            lock: Callable[[str], ContextManager] = (
+                lambda _uuid: contextlib.nullcontext())) -> List[Outcome]:
+    """Settle every record left behind; what happened to each.
+
+    :param lock: the per-instance lock operations hold, so that an
+        operation still running in another process is never undone
+        under it: once it is taken, a record that is gone was finished.
+    """
     outcomes = []
     for record in journal.pending(state_path):
-        facts = record.facts
-        uuid = facts.get('instance_uuid')
-        LOG.warning('Found the record of an unfinished %(kind)s (%(id)s): '
-                    'recovering', {'kind': facts.get('kind'),
-                                   'id': record.id}, instance_uuid=uuid)
+        with lock(record.facts.get('instance_uuid') or '-'):
+            if not os.path.exists(record.path):
+                continue
+            outcomes.append(_recover_one(host, images, record))
+    return outcomes
+
+
+def _recover_one(host: Any, images: Any,
+                 record: journal.Record) -> Outcome:
+    facts = record.facts
+    uuid = facts.get('instance_uuid')
+    LOG.warning('Found the record of an unfinished %(kind)s (%(id)s): '
+                'recovering', {'kind': facts.get('kind'),
+                               'id': record.id}, instance_uuid=uuid)
+    try:
         try:
             guest = host.get_guest(uuid)
+            guest.wait_for_state_job(JOB_WAIT)
         except exception.InstanceNotFound:
             guest = None
-        try:
-            if facts.get('kind') == restore.KIND:
-                settled = _revert(guest, facts)
-            else:
-                settled = _snapshot(guest, facts, images)
-        except (OSError, exception.VmsnapException) as e:
-            LOG.error('Recovery of %(id)s failed: %(error)s; the record is '
-                      'kept, run "vmsnap recover" again once the cause is '
-                      'fixed', {'id': record.id, 'error': e},
-                      instance_uuid=uuid)
-            settled = False
-        if settled:
-            _remove_tree(facts.get('workdir'))
-            record.remove()
-        outcomes.append(Outcome(
-            uuid, facts.get('kind'), settled,
-            'vmsnap-compute stopped during this server\'s %s; %s at the '
-            'next start' % (facts.get('kind'), 'it was undone' if settled
-                            else 'it could not be undone: see the log')))
-    return outcomes
+        if facts.get('kind') == restore.KIND:
+            settled = _revert(guest, facts)
+        else:
+            settled = _snapshot(guest, facts, images)
+    except Exception as e:  # one record must not stop the others
+        LOG.error('Recovery of %(id)s failed: %(error)s; the record is '
+                  'kept, run "vmsnap recover" again once the cause is '
+                  'fixed', {'id': record.id, 'error': e},
+                  instance_uuid=uuid)
+        settled = False
+    if settled:
+        _remove_tree(facts.get('workdir'))
+        record.remove()
+    return Outcome(
+        uuid, facts.get('kind'), settled,
+        'vmsnap-compute stopped during this server\'s %s; %s at the '
+        'next start' % (facts.get('kind'), 'it was undone' if settled
+                        else 'it could not be undone: see the log'))
 
 
 def _remove_tree(path: Optional[str]) -> None:

@@ -35,6 +35,7 @@ from xml.etree import ElementTree
 
 from oslo_log import log as logging
 
+from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import digest
 from vmsnap_driver import exception
 from vmsnap_driver import glance
@@ -49,8 +50,7 @@ from vmsnap_driver import workspace
 LOG = logging.getLogger(__name__)
 
 KIND = 'revert'
-DIGEST_PROPERTY = 'vmsnap_content_sha256'
-MEMORY_FILE = 'memory.save'
+DIGEST_PROPERTY = image_properties.DIGEST_PROPERTY
 SAFETY_FILE = 'before-revert.save'
 
 Progress = Callable[[int], None]
@@ -87,6 +87,9 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str) -> Plan:
         raise exception.RevertRefused(instance_uuid=guest.uuid,
                                       image_id=image_id, reason=reason)
 
+    if not guest.is_persistent():
+        refuse('the domain is transient: saving it for the swap would '
+               'undefine it')
     if guest.state() == guest_mod.SHUTOFF and guest.has_managed_save():
         refuse('the guest has a saved state (managedsave) that would resume '
                'over the reverted disks: start it, or discard the state '
@@ -126,7 +129,7 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str) -> Plan:
         if problem:
             refuse(problem + '; a memory state resumes only in the machine '
                              'it was saved from')
-        others = {d.target for d in guest.writable_file_disks()} - set(
+        others = {d.target for d in guest.disks() if not d.readonly} - set(
             members)
         if others:
             refuse('the memory state would resume over disk(s) %s, which '
@@ -228,10 +231,13 @@ class Revert:
                      'equal to the snapshot', {'disk': target.disk.target,
                                                'image': image['id']},
                      instance_uuid=self.plan.guest.uuid)
-        if not self.plan.memory:
+        if (not self.plan.memory
+                or self.plan.state not in guest_mod.ACTIVE_STATES):
+            # A shut-off guest stays off: its memory state is not used.
             return None
-        path = os.path.join(workdir, MEMORY_FILE)
+        path = os.path.join(workdir, capture_base.MEMORY_FILE)
         memory_image.download(self._images, self.plan.memory, path,
+                              int(self.plan.guest.machine()['memory_mib']),
                               self._progress)
         _check_saved_domain(self.plan, path)
         return path
@@ -240,6 +246,13 @@ class Revert:
              memory: Optional[str]) -> None:
         """Stop the guest, put the staged disks in, start it from them."""
         guest = self.plan.guest
+        if guest.state() != self.plan.state:
+            # Started or stopped by someone else while the disks were
+            # staged: the plan no longer holds.
+            raise exception.RevertRefused(
+                instance_uuid=guest.uuid, image_id=self.plan.image['id'],
+                reason='the guest went from %s to %s during the revert; try '
+                       'again' % (self.plan.state, guest.state()))
         active = self.plan.state in guest_mod.ACTIVE_STATES
         if active:
             safety = os.path.join(workdir, SAFETY_FILE)
@@ -250,6 +263,8 @@ class Revert:
         for names in record.facts['disks']:
             os.replace(names['path'], names['old'])
             os.replace(names['staged'], names['path'])
+        # From here a running guest runs on the new disks.
+        record.update(starting=True)
         if not active:
             LOG.info('The guest was shut off: it stays off, on the '
                      'snapshot\'s disks', instance_uuid=guest.uuid)
@@ -310,15 +325,23 @@ def _remove(path: str) -> None:
 def settle(guest: guest_mod.Guest, facts: dict) -> bool:
     """End a revert from its record: keep the new disks or put back the old.
 
-    A revert that committed, or whose guest runs (it got as far as
-    starting on the new disks), is finished: the old disks and the safety
-    save are deleted.  Any other is rolled back: the old disks go back in
-    place and the guest is restored from its safety save, as it was.
-    Returns whether everything the record names is settled.
+    A revert that committed, or that got as far as starting the guest on
+    the new disks and whose guest runs, is finished: the old disks and the
+    safety save are deleted.  Any other is rolled back: the old disks go
+    back in place and the guest is restored from its safety save, as it
+    was.  Returns whether everything the record names is settled.
     """
-    forward = facts.get('committed') or guest.state() in (
-        guest_mod.ACTIVE_STATES)
     try:
+        active = guest.state() in guest_mod.ACTIVE_STATES
+        forward = facts.get('committed') or (facts.get('starting') and active)
+        moved = [n for n in facts['disks'] if os.path.exists(n['old'])]
+        if moved and active and not forward:
+            # Someone started the guest on the swapped disks: putting the
+            # old ones back under it would lose what it wrote.
+            raise exception.HypervisorError(
+                action='settle a revert', instance_uuid=guest.uuid,
+                reason='the guest runs on disks swapped by an unfinished '
+                       'revert; stop it, then run "vmsnap recover"')
         for names in facts['disks']:
             _remove(names['staged'])
             if not os.path.exists(names['old']):
@@ -326,7 +349,6 @@ def settle(guest: guest_mod.Guest, facts: dict) -> bool:
             if forward:
                 os.unlink(names['old'])
             else:
-                _remove(names['path'])
                 os.replace(names['old'], names['path'])
                 LOG.info('Disk %s put back as it was before the revert',
                          names['path'], instance_uuid=guest.uuid)

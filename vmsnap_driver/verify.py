@@ -20,12 +20,13 @@ from oslo_concurrency import processutils
 from vmsnap_driver import digest
 from vmsnap_driver import exception
 from vmsnap_driver import glance
+from vmsnap_driver import image_properties
 from vmsnap_driver import image_safety
 from vmsnap_driver import memory_image
 from vmsnap_driver import progress
 from vmsnap_driver import qemu_img
 
-DIGEST_PROPERTY = 'vmsnap_content_sha256'
+DIGEST_PROPERTY = image_properties.DIGEST_PROPERTY
 
 
 @dataclasses.dataclass
@@ -65,12 +66,13 @@ def verify(images: glance.ImageService, image_id: str,
         stored = image.get('os_hash_value')
         checks.append(Check(
             'glance hash', stored is None or served == stored,
+            'Glance recorded no hash' if stored is None else
             'the bytes served match the %s Glance recorded at upload'
             % image.get('os_hash_algo') if served == stored else
             'the bytes served do not match the hash Glance recorded at '
             'upload: the stored image was altered'))
         if image.get(memory_image.OF_PROPERTY):
-            checks.append(_memory_check(images, image, directory))
+            checks.append(_memory_check(image, path, directory))
             return Verdict(image_id, checks)
         if fmt in qemu_img.FORMATS:
             # Untrusted: inspected before qemu-img or qemu-nbd open it.
@@ -98,7 +100,7 @@ def verify(images: glance.ImageService, image_id: str,
                                 'the image has no %s property: it was not '
                                 'taken by vmsnap' % DIGEST_PROPERTY))
         else:
-            actual = digest.of_file(path, fmt)
+            actual = digest.of_file(path, fmt, untrusted=True)
             checks.append(Check(
                 'content sha256', actual == expected,
                 'the virtual disk content matches the snapshot record (%s)'
@@ -110,12 +112,15 @@ def verify(images: glance.ImageService, image_id: str,
     return Verdict(image_id, checks)
 
 
-def _memory_check(images: glance.ImageService, image: dict,
-                  directory: str) -> Check:
+def _memory_check(image: dict, path: str, directory: str) -> Check:
     """A memory image: its uncompressed state against its sha256."""
+    def chunks():
+        with open(path, 'rb') as f:
+            yield from iter(lambda: f.read(memory_image.CHUNK), b'')
     try:
-        memory_image.download(images, image,
-                              os.path.join(directory, 'memory.save'))
+        memory_image.unpack(image, chunks(), os.path.join(directory,
+                                                          'memory'),
+                            int(image.get('vmsnap_memory_mib') or 0))
     except exception.ImageCorrupt as e:
         return Check('memory sha256', False, e.kwargs['reason'])
     return Check('memory sha256', True, 'the uncompressed memory state '

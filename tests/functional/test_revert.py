@@ -13,12 +13,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
+import glanceclient
 import libvirt
 import pytest
 
+from tests.functional import checks
+from tests.functional import service as service_mod
+from tests.functional import testguest
 from vmsnap_driver import digest
+from vmsnap_driver import exception
 
 BIN = os.path.dirname(sys.executable)
 MARKER = '/mnt/after-snapshot.txt'
@@ -212,3 +218,65 @@ def test_refused_and_failed_reverts_leave_the_guest_running(
     assert guest.run('test -e %s' % MARKER)[0] == 1
     for each in (foreign['id'], memory_id, image_id):
         glance.images.delete(each)
+
+
+def test_revert_refused_for_lack_of_room_touches_nothing(
+        conf, load_driver, conn, workroot, guest_kit, glance, queued_image):
+    # The guest's disks live on a small filesystem: the staged disk would
+    # not fit beside them.
+    small = tempfile.mkdtemp(dir=workroot, prefix='small-')
+    os.chmod(small, 0o755)
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=96M,mode=0755',
+                    'tmpfs', small], check=True)
+    try:
+        guest = testguest.TestGuest(conn, os.path.join(small, 'guest'))
+        try:
+            guest.start()
+            driver = load_driver()
+            image_id = queued_image()
+            driver.snapshot(None, checks.Instance(guest), image_id)
+            counter = guest.last_counter()
+            with pytest.raises(exception.InsufficientSpace):
+                driver.revert(None, checks.Instance(guest), image_id)
+            assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
+            assert guest.boots() == 1
+            assert guest.wait_counter_above(counter) > counter
+            assert not glob.glob(os.path.join(small, 'guest', '*.vmsnap-*'))
+            assert os.listdir(os.path.join(conf.state_path,
+                                           'operations')) == []
+        finally:
+            guest.destroy()
+    finally:
+        subprocess.run(['umount', small], check=False)
+
+
+def test_glance_unreachable_for_revert_leaves_the_guest_running(
+        conf, load_driver, make_guest, workroot):
+    env = dict(os.environ,
+               VMSNAP_GLANCE_DIR=os.path.join(workroot, 'glance-revert'),
+               VMSNAP_GLANCE_PORT='9696')
+    script = os.path.join(service_mod.REPO, 'tools', 'glance-local')
+    subprocess.run([script, 'start'], env=env, check=True)
+    url = 'http://127.0.0.1:9696'
+    conf.set_override('endpoint_override', url, group='glance')
+    glance = glanceclient.Client('2', endpoint=url)
+    guest = make_guest(agent=True)
+    try:
+        guest.start()
+        driver = load_driver()
+        image = glance.images.create(name='revert, then no Glance',
+                                     vmsnap_memory='true')
+        driver.snapshot(None, checks.Instance(guest), image['id'])
+        _write_marker(guest)
+        # Glance goes away between the snapshot and the revert.
+        subprocess.run([script, 'stop'], env=env, check=True)
+        with pytest.raises(exception.VmsnapException):
+            driver.revert(None, checks.Instance(guest), image['id'])
+        assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
+        assert guest.boots() == 1
+        assert guest.run('test -e %s' % MARKER)[0] == 0
+        assert not glob.glob(os.path.join(
+            os.path.dirname(guest.disk['path']), '*.vmsnap-*'))
+        assert os.listdir(os.path.join(conf.state_path, 'operations')) == []
+    finally:
+        subprocess.run([script, 'stop'], env=env, check=False)

@@ -135,7 +135,10 @@ def test_read_in_two_chunks_and_a_hole(serve):
 @pytest.mark.parametrize('bad, words', [
     (lambda s, h, o, n: data_chunk(s, h, o + n, 512), 'outside'),
     (lambda s, h, o, n: data_chunk(s, h, o - 512, 1024), 'outside'),
-    (lambda s, h, o, n: data_chunk(s, h, o, n // 2), 'covered'),
+    (lambda s, h, o, n: data_chunk(s, h, o, n // 2), 'exactly'),
+    # Two chunks adding up to the length, overlapping and leaving a gap.
+    (lambda s, h, o, n: (data_chunk(s, h, o, n // 2, done=False),
+                         data_chunk(s, h, o, n // 2)), 'exactly'),
     (lambda s, h, o, n: data_chunk(s, h + 1, o, n), 'unknown request'),
     (lambda s, h, o, n: s.sendall(struct.pack(
         '>IIQ', nbd.SIMPLE_REPLY_MAGIC, 0, h + 5)), 'unknown request'),

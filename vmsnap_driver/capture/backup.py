@@ -40,7 +40,7 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
         os.chown(directory, *qemu_owner)
     socket_path = os.path.join(directory, 'nbd.sock')
     targets = [disk.target for disk in disks]
-    record = base.unrecorded(record)
+    record = journal.unrecorded(record)
     record.update(backup_socket=socket_path)
     with freeze():
         try:

@@ -56,14 +56,13 @@ class MemoryState:
     pause_seconds: float
 
 
+# Where a capture that keeps the memory writes it, in its workspace.
+MEMORY_FILE = 'memory.save'
+
 # What captures record in the operation's journal record while it is true:
 # a backup job's socket, a block copy, a pause, a save, a freeze.
 RECORDED_CHANGES = ('backup_socket', 'block_copy', 'paused', 'saved',
                     'frozen')
-
-
-def unrecorded(record: Optional[journal.Record]) -> journal.Record:
-    return record if record is not None else journal.Unrecorded()
 
 
 Freeze = Callable[[], ContextManager[None]]

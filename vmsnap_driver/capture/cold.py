@@ -61,7 +61,8 @@ class ManagedSaveCapture(base.Capture):
 
     def scratch_bytes(self, chains: List[base.Chain]) -> int:
         scratch = base.top_layers_bytes(chains) if self.use_backup else 0
-        return scratch + self.memory_bytes
+        # The memory file and its compressed copy for the upload.
+        return scratch + 2 * self.memory_bytes
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
@@ -71,7 +72,7 @@ class ManagedSaveCapture(base.Capture):
                 ) -> Iterator[List[base.DiskView]]:
         # A saved guest is not frozen: quiesce.plan never asks a cold
         # capture to freeze.
-        record = base.unrecorded(record)
+        record = journal.unrecorded(record)
         state = guest.state()
         started = base.utcnow()
 
@@ -85,9 +86,9 @@ class ManagedSaveCapture(base.Capture):
         saved_paused = state == guest_mod.PAUSED
         stopped_at = time.monotonic()
         if self.memory_bytes:
-            path = os.path.join(workdir, 'memory.save')
+            path = os.path.join(workdir, base.MEMORY_FILE)
             record.update(saved=path, saved_state=state)
-            guest.save(path)
+            _or_forget(record, 'saved', lambda: guest.save(path))
 
             def launch(paused):
                 try:
@@ -105,7 +106,8 @@ class ManagedSaveCapture(base.Capture):
                                '%s" brings it back' % (e.message, kept, kept))
         else:
             record.update(saved=MANAGED, saved_state=state)
-            guest.managed_save(paused=saved_paused)
+            _or_forget(record, 'saved',
+                       lambda: guest.managed_save(paused=saved_paused))
 
             def launch(paused):
                 # A guest saved paused comes back paused from launch().
@@ -147,6 +149,15 @@ class ManagedSaveCapture(base.Capture):
             if not resumed:
                 base.resume(guest, state)
                 record.update(paused=False)
+
+
+def _or_forget(record: journal.Record, fact: str, change) -> None:
+    """Make ``change``; if it fails, the record must not claim it."""
+    try:
+        change()
+    except Exception:
+        record.update(**{fact: None})
+        raise
 
 
 def _restore(guest: guest_mod.Guest, state: str, launch) -> None:

@@ -55,7 +55,7 @@ class BlockCopyCapture(base.Capture):
                 freeze: base.Freeze = contextlib.nullcontext,
                 record: Optional[journal.Record] = None
                 ) -> Iterator[List[base.DiskView]]:
-        record = base.unrecorded(record)
+        record = journal.unrecorded(record)
         if len(disks) != 1:
             # Block jobs end one by one: several disks would not be
             # captured at one instant (decide.choose never asks this).
@@ -68,7 +68,11 @@ class BlockCopyCapture(base.Capture):
                                 top.backing_format)
         started = base.utcnow()
         record.update(block_copy={'disk': disk.target, 'dest': copy})
-        guest.block_copy(disk.target, copy, 'qcow2', self.bandwidth)
+        try:
+            guest.block_copy(disk.target, copy, 'qcow2', self.bandwidth)
+        except Exception:
+            record.update(block_copy=None)
+            raise
         LOG.debug('Block copy of %(disk)s into %(copy)s started',
                   {'disk': disk.target, 'copy': copy})
 

@@ -29,8 +29,6 @@ from vmsnap_driver import journal
 
 LOG = logging.getLogger(__name__)
 
-MEMORY_FILE = 'memory.save'
-
 
 # Seconds between two looks at the domain's state while its memory is
 # written: the pause is known to this much.
@@ -94,9 +92,10 @@ class MemoryCapture(base.Capture):
         return True
 
     def scratch_bytes(self, chains: List[base.Chain]) -> int:
-        # The memory file is at most the guest's RAM; the backup's scratch
-        # files at most the disks' top layers.
-        return self.memory_bytes + base.top_layers_bytes(chains)
+        # The memory file is at most the guest's RAM, and so is its
+        # compressed copy for the upload; the backup's scratch files at
+        # most the disks' top layers.
+        return 2 * self.memory_bytes + base.top_layers_bytes(chains)
 
     @contextlib.contextmanager
     def capture(self, guest: guest_mod.Guest, disks: List[guest_mod.Disk],
@@ -104,11 +103,11 @@ class MemoryCapture(base.Capture):
                 freeze: base.Freeze = contextlib.nullcontext,
                 record: Optional[journal.Record] = None
                 ) -> Iterator[List[base.DiskView]]:
-        record = base.unrecorded(record)
+        record = journal.unrecorded(record)
         # No freeze: the memory state holds the filesystems' own caches,
         # so a restore continues from it with nothing to replay.
         state = guest.state()
-        path = os.path.join(workdir, MEMORY_FILE)
+        path = os.path.join(workdir, base.MEMORY_FILE)
         started = base.utcnow()
         paused = state == guest_mod.RUNNING
         record.update(paused=paused)
