@@ -226,7 +226,7 @@ def test_revert_refused_for_lack_of_room_touches_nothing(
     # not fit beside them.
     small = tempfile.mkdtemp(dir=workroot, prefix='small-')
     os.chmod(small, 0o755)
-    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=96M,mode=0755',
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=48M,mode=0755',
                     'tmpfs', small], check=True)
     try:
         guest = testguest.TestGuest(conn, os.path.join(small, 'guest'))
