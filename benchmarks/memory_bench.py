@@ -3,9 +3,10 @@
 
 For each RAM size and disk data size, a real TCG guest is booted with that
 much RAM, half of it filled with random data (a tmpfs file, so the memory
-state does not compress to nothing; more runs a small guest out of memory), on a disk holding that much
-random data, half in a qcow2 backing file and half in its overlay (as the
-snapshot benchmark lays it out).  Then, through vmsnap's driver:
+state does not compress to nothing; more runs a small guest out of
+memory), on a disk holding that much random data, half in a qcow2 backing
+file and half in its overlay (as the snapshot benchmark lays it out).
+Then, through vmsnap's driver:
 
   snapshot   a memory snapshot into the local Glance: wall time to active
              images, the pause vmsnap records (``vmsnap_pause_seconds``)
@@ -117,17 +118,18 @@ def plot(rows: list, path: str) -> None:
     matplotlib.use('Agg')
     from matplotlib import pyplot
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4.2))
-    for data in sorted({r['data'] for r in rows}):
+    for n, data in enumerate(sorted({r['data'] for r in rows})):
         series = sorted((r for r in rows if r['data'] == data),
                         key=lambda r: r['ram'])
         ram = [r['ram'] / MIB for r in series]
         label = 'disk data %s' % snapshot_bench.human(data)
+        color = 'C%d' % n
         left.plot(ram, [r['pause_s'] * 1000 for r in series], 'o-',
-                  label=label)
-        right.plot(ram, [r['revert_s'] for r in series], 'o-',
+                  color=color, label=label)
+        right.plot(ram, [r['revert_s'] for r in series], 'o-', color=color,
                    label='revert, ' + label)
         right.plot(ram, [r['revert_not_running_s'] for r in series], 's--',
-                   label='guest not running, ' + label)
+                   color=color, label='guest not running, ' + label)
     left.set(title='Memory snapshot: guest paused',
              xlabel='guest RAM (MiB)', ylabel='ms')
     right.set(title='Revert to a memory snapshot',
@@ -149,7 +151,14 @@ def main() -> None:
     parser.add_argument('--disk', default='256M,1G')
     parser.add_argument('--output', default=os.path.join(
         HERE, 'results-memory.json'))
+    parser.add_argument('--plot-only', action='store_true',
+                        help='Draw the plot from --output again.')
     args = parser.parse_args()
+    if args.plot_only:
+        with open(args.output) as f:
+            plot(json.load(f)['rows'],
+                 os.path.splitext(args.output)[0] + '.png')
+        return
     workroot = tempfile.mkdtemp(prefix='vmsnap-bench-memory-',
                                 dir='/var/tmp')
     os.chmod(workroot, 0o755)

@@ -248,3 +248,22 @@ def test_glance_killed_mid_upload_leaves_the_guest_running(
         assert glance.images.get(image_id)['status'] != 'active'
     finally:
         subprocess.run([script, 'stop'], env=env, check=False)
+
+
+def test_sigterm_past_the_grace_period_leaves_it_to_the_next_start(
+        service, big_guest, glance):
+    guest = big_guest
+    # A block copy throttled to 1 MiB/s outlasts a 1 s grace period.
+    svc = service(DEFAULT={'graceful_shutdown_timeout': 1},
+                  libvirt={'snapshot_mode': 'live', 'use_backup_api': 'false',
+                           'block_copy_bandwidth': 1})
+    xml = guest.inactive_xml()
+    image_id = _start_snapshot(svc, guest)
+    _wait(lambda: guest.dom.blockJobInfo('vda', 0) != {}, 'the block copy')
+    started = time.monotonic()
+    assert svc.stop() == 1
+    assert time.monotonic() - started < 30
+    assert 'still running after 1 s' in svc.log_text()
+    svc.start()
+    assert guest.dom.blockJobInfo('vda', 0) == {}
+    _assert_recovered(svc, guest, glance, xml, image_id)

@@ -280,3 +280,24 @@ def test_glance_unreachable_for_revert_leaves_the_guest_running(
         assert os.listdir(os.path.join(conf.state_path, 'operations')) == []
     finally:
         subprocess.run([script, 'stop'], env=env, check=False)
+
+
+def test_snapshot_of_a_shut_off_guest_reverts_to_shut_off(
+        service, agent_guest, glance):
+    svc = service()
+    guest = agent_guest
+    guest.dom.destroy()
+    image_id, _window = _snapshot(svc, guest, 'while off')
+    assert glance.images.get(image_id)['vmsnap_guest_state'] == 'shutoff'
+    guest.dom.create()
+    guest.wait_counter_above(guest.last_counter())
+    result = subprocess.run(
+        [os.path.join(BIN, 'vmsnap'), '--config-file', svc.config,
+         'revert', guest.name, image_id, '--no-progress'],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert guest.state() == libvirt.VIR_DOMAIN_SHUTOFF
+    assert digest.of_file(guest.disk['path'], 'qcow2') == (
+        glance.images.get(image_id)['vmsnap_content_sha256'])
+    _no_leftovers(svc, guest)
+    glance.images.delete(image_id)
