@@ -40,6 +40,9 @@ STATES = {
 
 ACTIVE_STATES = (RUNNING, PAUSED)
 
+# Seconds a cancelled backup job may take to go away.
+JOB_END_TIMEOUT = 30
+
 # libvirt's ways of saying a job or the domain is not there (any more).
 GONE_ERRORS = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_BACKUP,
                libvirt.VIR_ERR_OPERATION_INVALID)
@@ -362,10 +365,23 @@ class Guest:
                 return
             time.sleep(0.5)
 
-    def abort_job(self) -> None:
-        """End the domain's job (a pull backup ends this way)."""
+    def abort_job(self, timeout: float = JOB_END_TIMEOUT) -> None:
+        """End the domain's pull backup and wait until it is gone.
+
+        libvirt returns once QEMU was told to cancel; the job (and its
+        export and scratch files) goes a moment later.  A job still there
+        after ``timeout`` seconds is an error, not a silent leftover.
+        """
         with self._translated('end the backup job'):
             self._domain.abortJob()
+        deadline = time.monotonic() + timeout
+        while self.backup_socket() is not None:
+            if time.monotonic() > deadline:
+                raise exception.HypervisorError(
+                    action='end the backup job', instance_uuid=self.uuid,
+                    reason='it is still there %d s after it was cancelled'
+                           % timeout)
+            time.sleep(0.05)
 
     # -- block jobs ---------------------------------------------------
     def block_copy(self, disk: str, dest_path: str, dest_format: str,

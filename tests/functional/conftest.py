@@ -61,17 +61,53 @@ def make_guest(conn, workroot, guest_kit):
         guest.destroy()
 
 
+class PrivateGlance:
+    """Another real local Glance (tools/glance-local), a test's own."""
+
+    SCRIPT = os.path.join(REPO, 'tools', 'glance-local')
+
+    def __init__(self, workroot, name, port, **env):
+        self.url = 'http://127.0.0.1:%d' % port
+        self.dir = os.path.join(workroot, 'glance-' + name)
+        self.env = dict(os.environ, VMSNAP_GLANCE_DIR=self.dir,
+                        VMSNAP_GLANCE_PORT=str(port), **env)
+
+    def start(self):
+        subprocess.run([self.SCRIPT, 'start'], env=self.env, check=True)
+        return self
+
+    def stop(self):
+        subprocess.run([self.SCRIPT, 'stop'], env=self.env, check=False)
+
+    def kill(self):
+        """SIGKILL its processes, as a crash would."""
+        pidfile = os.path.join(self.dir, 'gunicorn.pid')
+        with open(pidfile) as f:
+            master = f.read().strip()
+        subprocess.run('kill -9 $(pgrep -P %s) %s' % (master, master),
+                       shell=True, check=False)
+        os.unlink(pidfile)
+
+
 @pytest.fixture
-def refusing_glance(workroot):
+def private_glance(workroot):
+    """Start Glances of a test's own; all are stopped after it."""
+    started = []
+
+    def start(name, port, **env):
+        glance = PrivateGlance(workroot, name, port, **env).start()
+        started.append(glance)
+        return glance
+    yield start
+    for glance in started:
+        glance.stop()
+
+
+@pytest.fixture
+def refusing_glance(private_glance):
     """A second real Glance that refuses any image over 64 KiB (413)."""
-    env = dict(os.environ,
-               VMSNAP_GLANCE_DIR=os.path.join(workroot, 'glance-capped'),
-               VMSNAP_GLANCE_PORT='9393',
-               VMSNAP_GLANCE_IMAGE_SIZE_CAP=str(64 * 1024))
-    script = os.path.join(REPO, 'tools', 'glance-local')
-    subprocess.run([script, 'start'], env=env, check=True)
-    yield 'http://127.0.0.1:9393'
-    subprocess.run([script, 'stop'], env=env, check=False)
+    return private_glance('capped', 9393, VMSNAP_GLANCE_IMAGE_SIZE_CAP=str(
+        64 * 1024)).url
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import libvirt
 import pytest
 
 from tests.functional import checks
-from tests.functional import service as service_mod
 from tests.functional import testguest
 
 DISK_MIB = 384
@@ -215,39 +214,27 @@ def test_guest_gone_mid_snapshot_fails_cleanly(
 
 
 def test_glance_killed_mid_upload_leaves_the_guest_running(
-        conf, load_driver, big_guest, workroot):
-    env = dict(os.environ,
-               VMSNAP_GLANCE_DIR=os.path.join(workroot, 'glance-killed'),
-               VMSNAP_GLANCE_PORT='9595')
-    script = os.path.join(service_mod.REPO, 'tools', 'glance-local')
-    subprocess.run([script, 'start'], env=env, check=True)
-    url = 'http://127.0.0.1:9595'
-    conf.set_override('endpoint_override', url, group='glance')
+        conf, load_driver, big_guest, private_glance):
+    killed = private_glance('killed', 9595)
+    conf.set_override('endpoint_override', killed.url, group='glance')
     conf.set_override('snapshot_mode', 'live', group='libvirt')
-    glance = glanceclient.Client('2', endpoint=url)
-    try:
-        image_id = glance.images.create(name='glance dies')['id']
-        xml = big_guest.inactive_xml()
-        thread, outcome = _snapshot_in_background(load_driver(), big_guest,
-                                                  image_id)
-        _wait(lambda: _backup_running(big_guest), 'the backup job')
-        time.sleep(0.5)
-        pidfile = os.path.join(env['VMSNAP_GLANCE_DIR'], 'gunicorn.pid')
-        master = open(pidfile).read().strip()
-        subprocess.run('kill -9 $(pgrep -P %s) %s' % (master, master),
-                       shell=True, check=False)
-        os.unlink(pidfile)
-        thread.join(120)
-        assert not thread.is_alive()
-        assert outcome['error'] is not None, 'the snapshot succeeded'
-        assert big_guest.state() == libvirt.VIR_DOMAIN_RUNNING
-        assert not _backup_running(big_guest)
-        assert big_guest.inactive_xml() == xml
-        _assert_nothing_left(conf, big_guest)
-        subprocess.run([script, 'start'], env=env, check=True)
-        assert glance.images.get(image_id)['status'] != 'active'
-    finally:
-        subprocess.run([script, 'stop'], env=env, check=False)
+    glance = glanceclient.Client('2', endpoint=killed.url)
+    image_id = glance.images.create(name='glance dies')['id']
+    xml = big_guest.inactive_xml()
+    thread, outcome = _snapshot_in_background(load_driver(), big_guest,
+                                              image_id)
+    _wait(lambda: _backup_running(big_guest), 'the backup job')
+    time.sleep(0.5)
+    killed.kill()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert outcome['error'] is not None, 'the snapshot succeeded'
+    assert big_guest.state() == libvirt.VIR_DOMAIN_RUNNING
+    assert not _backup_running(big_guest)
+    assert big_guest.inactive_xml() == xml
+    _assert_nothing_left(conf, big_guest)
+    killed.start()
+    assert glance.images.get(image_id)['status'] != 'active'
 
 
 def test_sigterm_past_the_grace_period_leaves_it_to_the_next_start(

@@ -21,7 +21,6 @@ import libvirt
 import pytest
 
 from tests.functional import checks
-from tests.functional import service as service_mod
 from tests.functional import testguest
 from vmsnap_driver import digest
 from vmsnap_driver import exception
@@ -251,35 +250,27 @@ def test_revert_refused_for_lack_of_room_touches_nothing(
 
 
 def test_glance_unreachable_for_revert_leaves_the_guest_running(
-        conf, load_driver, make_guest, workroot):
-    env = dict(os.environ,
-               VMSNAP_GLANCE_DIR=os.path.join(workroot, 'glance-revert'),
-               VMSNAP_GLANCE_PORT='9696')
-    script = os.path.join(service_mod.REPO, 'tools', 'glance-local')
-    subprocess.run([script, 'start'], env=env, check=True)
-    url = 'http://127.0.0.1:9696'
-    conf.set_override('endpoint_override', url, group='glance')
-    glance = glanceclient.Client('2', endpoint=url)
+        conf, load_driver, make_guest, private_glance):
+    gone = private_glance('revert', 9696)
+    conf.set_override('endpoint_override', gone.url, group='glance')
+    glance = glanceclient.Client('2', endpoint=gone.url)
     guest = make_guest(agent=True)
-    try:
-        guest.start()
-        driver = load_driver()
-        image = glance.images.create(name='revert, then no Glance',
-                                     vmsnap_memory='true')
-        driver.snapshot(None, checks.Instance(guest), image['id'])
-        _write_marker(guest)
-        # Glance goes away between the snapshot and the revert.
-        subprocess.run([script, 'stop'], env=env, check=True)
-        with pytest.raises(exception.VmsnapException):
-            driver.revert(None, checks.Instance(guest), image['id'])
-        assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
-        assert guest.boots() == 1
-        assert guest.run('test -e %s' % MARKER)[0] == 0
-        assert not glob.glob(os.path.join(
-            os.path.dirname(guest.disk['path']), '*.vmsnap-*'))
-        assert os.listdir(os.path.join(conf.state_path, 'operations')) == []
-    finally:
-        subprocess.run([script, 'stop'], env=env, check=False)
+    guest.start()
+    driver = load_driver()
+    image = glance.images.create(name='revert, then no Glance',
+                                 vmsnap_memory='true')
+    driver.snapshot(None, checks.Instance(guest), image['id'])
+    _write_marker(guest)
+    # Glance goes away between the snapshot and the revert.
+    gone.stop()
+    with pytest.raises(exception.VmsnapException):
+        driver.revert(None, checks.Instance(guest), image['id'])
+    assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
+    assert guest.boots() == 1
+    assert guest.run('test -e %s' % MARKER)[0] == 0
+    assert not glob.glob(os.path.join(
+        os.path.dirname(guest.disk['path']), '*.vmsnap-*'))
+    assert os.listdir(os.path.join(conf.state_path, 'operations')) == []
 
 
 def test_snapshot_of_a_shut_off_guest_reverts_to_shut_off(
