@@ -94,6 +94,17 @@ class Guest:
                 action=action, instance_uuid=self.uuid,
                 reason=e.get_error_message())
 
+    def _raise_unless_gone(self, error: libvirt.libvirtError,
+                           action: str) -> None:
+        """Return if ``error`` says the job or domain is not there.
+
+        Anything else raises: libvirtd not answering is not an answer.
+        """
+        if error.get_error_code() not in GONE_ERRORS:
+            raise exception.HypervisorError(
+                action=action, instance_uuid=self.uuid,
+                reason=error.get_error_message())
+
     # -- state --------------------------------------------------------
     def state(self) -> str:
         with self._translated('read the domain state'):
@@ -141,11 +152,8 @@ class Guest:
         try:
             state = self._domain.state()[0]
         except libvirt.libvirtError as e:
-            if e.get_error_code() in GONE_ERRORS:
-                return True
-            raise exception.HypervisorError(
-                action='read the domain state', instance_uuid=self.uuid,
-                reason=e.get_error_message())
+            self._raise_unless_gone(e, 'read the domain state')
+            return True
         return STATES.get(state, NOSTATE) not in ACTIVE_STATES
 
     def hardware(self) -> Tuple[int, int]:
@@ -336,11 +344,8 @@ class Guest:
         try:
             xml = self._domain.backupGetXMLDesc(0)
         except libvirt.libvirtError as e:
-            if e.get_error_code() in GONE_ERRORS:
-                return None
-            raise exception.HypervisorError(
-                action='look for a backup job', instance_uuid=self.uuid,
-                reason=e.get_error_message())
+            self._raise_unless_gone(e, 'look for a backup job')
+            return None
         server = ElementTree.fromstring(xml).find('./server')
         return server.get('socket') if server is not None else None
 
