@@ -290,6 +290,20 @@ class Guest:
             for target in ElementTree.fromstring(xml).findall(
                 './devices/channel/target'))
 
+    def agent_connected(self) -> bool:
+        """qemu-guest-agent is on the other end of its channel now.
+
+        libvirt says so in the live XML (``state='connected'``); an older
+        libvirt that does not say is taken at its word that it might be.
+        """
+        with self._translated('read the domain XML'):
+            xml = self._domain.XMLDesc(0)
+        for target in ElementTree.fromstring(xml).findall(
+                './devices/channel/target'):
+            if target.get('name') == AGENT_CHANNEL:
+                return target.get('state', 'connected') == 'connected'
+        return False
+
     def freeze_filesystems(self, timeout: int) -> int:
         """Ask the guest agent to freeze every filesystem it can.
 

@@ -70,6 +70,10 @@ def plan(setting: str, instance: Any, guest: guest_mod.Guest, state: str,
         problem = 'the domain has no %s channel' % guest_mod.AGENT_CHANNEL
     elif state != guest_mod.RUNNING:
         problem = 'the guest is %s, so its agent cannot answer' % state
+    elif not guest.agent_connected():
+        # A freeze would only fail, and leave the thaw in doubt.
+        problem = ('its guest agent is not connected (not running in the '
+                   'guest yet?)')
     elif mode != 'live':
         problem = ('a %s snapshot saves the guest instead of freezing it; '
                    'use snapshot_mode = live or auto' % mode)

@@ -187,6 +187,7 @@ def test_guest_gone_mid_snapshot_fails_cleanly(
                                 disk={'path': path, 'format': 'raw'})
     try:
         guest.start()
+        assert guest.run('true')[0] == 0     # its agent answers
         conf.set_override('snapshot_mode', 'live', group='libvirt')
         image_id = queued_image()
         thread, outcome = _snapshot_in_background(load_driver(), guest,
@@ -198,7 +199,7 @@ def test_guest_gone_mid_snapshot_fails_cleanly(
         else:
             # Its own user ends it (the test domain has no ACPI, so a
             # poweroff only halts: a reboot ends it, on_reboot=destroy).
-            guest.start_command('reboot -f')
+            guest.start_command('reboot -nf')
             _wait(lambda: guest.state() == libvirt.VIR_DOMAIN_SHUTOFF,
                   'the guest off', timeout=30, interval=0.1)
         thread.join(120)

@@ -22,6 +22,15 @@ def instance(**image_props):
 RUNNING = guest_mod.RUNNING
 
 
+def test_an_agent_not_connected_is_not_asked_to_freeze():
+    g = guest()
+    g.agent_connected.return_value = False
+    plan = quiesce.plan('auto', instance(), g, RUNNING, 'live')
+    assert not plan.freeze and 'not connected' in plan.why
+    with pytest.raises(exception.QuiesceUnavailable):
+        quiesce.plan('required', instance(), g, RUNNING, 'live')
+
+
 def test_auto_freezes_guests_with_an_agent():
     assert quiesce.plan('auto', instance(), guest(), RUNNING, 'live').freeze
     assert not quiesce.plan('auto', instance(), guest(False), RUNNING,
