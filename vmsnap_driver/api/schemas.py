@@ -15,8 +15,9 @@ MAX_NAME = 255
 # Nova's default [quota] metadata_items.
 MAX_METADATA_ITEMS = 128
 
-UUID = {'type': 'string', 'format': 'uuid',
-        'pattern': '^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$'}
+# Nova accepts UUIDs with or without their dashes.
+UUID_PATTERN = '^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$'
+UUID = {'type': 'string', 'format': 'uuid', 'pattern': UUID_PATTERN}
 NAME = {'type': 'string', 'minLength': 1, 'maxLength': MAX_NAME,
         'pattern': r'^(?!\s*$).*'}
 

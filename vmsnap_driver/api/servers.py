@@ -35,7 +35,7 @@ REBUILD_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF')
 REBUILD_HINT = (' vmsnap-compute rebuilds a server only onto one of its own '
                 'snapshots, which reverts it; it changes nothing else.')
 
-UUID_RE = re.compile(r'^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$')
+UUID_RE = re.compile(schemas.UUID_PATTERN)
 EPOCH = '1970-01-01T00:00:00Z'
 
 
