@@ -30,10 +30,27 @@ def _answers(url: str) -> bool:
     return True
 
 
+class _Connection:
+    """libvirt's connection, opened again when libvirtd restarted.
+
+    A test may restart libvirtd; the tests after it keep working.
+    """
+
+    def __init__(self) -> None:
+        self._conn = libvirt.open(LIBVIRT_URI)
+
+    def __getattr__(self, name):
+        try:
+            self._conn.getLibVersion()
+        except libvirt.libvirtError:
+            self._conn = libvirt.open(LIBVIRT_URI)
+        return getattr(self._conn, name)
+
+
 @pytest.fixture(scope='session')
 def conn():
     try:
-        connection = libvirt.open(LIBVIRT_URI)
+        connection = _Connection()
     except libvirt.libvirtError as e:
         pytest.fail('libvirtd does not answer on %s (%s): run '
                     'tools/setup-host first' % (LIBVIRT_URI, e))

@@ -35,6 +35,16 @@ default_opts = [
                     'snapshots and reverts to end. What still runs then is '
                     'left to its journal record: the next start undoes it. '
                     '0 waits forever.'),
+    cfg.IntOpt('recovery_interval',
+               default=60,
+               min=0,
+               help='Seconds between two passes, while vmsnap-compute '
+                    'runs, over the journal records that a failed '
+                    'operation could not settle (libvirtd or Glance did '
+                    'not answer during its cleanup): each is finished or '
+                    'undone as at start-up, once what it needs answers '
+                    'again. 0 disables the passes; start-up and "vmsnap '
+                    'recover" still settle them.'),
     cfg.IntOpt('max_concurrent_snapshots',
                default=5,
                min=1,

@@ -14,6 +14,7 @@ from vmsnap_driver import config
 from vmsnap_driver import engine
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
+from vmsnap_driver import memory_image
 from vmsnap_driver import recovery
 from vmsnap_driver import restore
 
@@ -53,7 +54,8 @@ class LibvirtDriver:
         Touches nothing: an API answers a bad request with it at once.
         """
         return restore.plan(self._host.get_guest(instance.uuid),
-                            self._images_for(context), image_id)
+                            self._images_for(context), image_id,
+                            self._seal_key())
 
     def revert(self, context: Any, instance: Any, image_id: str,
                progress: Optional[restore.Progress] = None) -> None:
@@ -71,7 +73,11 @@ class LibvirtDriver:
                            self._images_for(context), image_id,
                            self._conf.state_path,
                            self._conf.libvirt.snapshots_directory,
-                           progress or (lambda _n: None))
+                           self._seal_key(), progress or (lambda _n: None))
+
+    def _seal_key(self) -> bytes:
+        return memory_image.seal_key(
+            self._conf.libvirt.memory_seal_key_file)
 
     def _images_for(self, context: Any) -> glance.ImageService:
         return glance.for_context(self._conf, context, self._images)

@@ -202,8 +202,9 @@ class SnapshotEngine:
             'vmsnap_disks': ','.join(d.target for d in plan.disks),
         })
         root_id = group.image_id(plan.disks[0])
-        sha256 = memory_image.upload(images, group.memory_image_id, memory,
-                                     properties, root_id)
+        sha256 = memory_image.upload(
+            images, group.memory_image_id, memory, properties, root_id,
+            memory_image.seal_key(self._options.memory_seal_key_file))
         images.set_properties(root_id, {
             memory_image.SHA256_PROPERTY: sha256,
             image_properties.PAUSE_PROPERTY: '%.3f' % memory.pause_seconds})

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 from xml.etree import ElementTree
 from xml.sax import saxutils
 
@@ -77,11 +77,47 @@ class BlockJob:
         return self.cur == self.end
 
 
-class Guest:
-    """One libvirt domain, found by the instance's UUID."""
+class _Domain:
+    """A virDomain whose calls outlive a libvirtd restart.
 
-    def __init__(self, domain: libvirt.virDomain) -> None:
-        self._domain = domain
+    A restarted libvirtd leaves QEMU and its jobs running but closes every
+    client connection, and the client learns it only when a call fails.
+    A call that failed because the connection is gone is made once more,
+    on the domain found again on a live connection: an operation that
+    spans the restart can still end the job it started.
+    """
+
+    def __init__(self, domain: libvirt.virDomain,
+                 lookup: Optional[Callable[[str], libvirt.virDomain]]
+                 ) -> None:
+        self._dom = domain
+        self._lookup = lookup
+
+    def __getattr__(self, name: str) -> Callable:
+        def call(*args):
+            try:
+                return getattr(self._dom, name)(*args)
+            except libvirt.libvirtError:
+                if self._lookup is None or self._dom.connect().isAlive():
+                    raise
+            # A libvirtError from here (the domain is gone) reaches the
+            # caller's handling, as from the call itself.
+            self._dom = self._lookup(self._dom.UUIDString())
+            return getattr(self._dom, name)(*args)
+        return call
+
+
+class Guest:
+    """One libvirt domain, found by the instance's UUID.
+
+    :param lookup: finds the domain again by UUID on a live connection,
+        after libvirtd restarted.
+    """
+
+    def __init__(self, domain: libvirt.virDomain,
+                 lookup: Optional[Callable[[str], libvirt.virDomain]] = None
+                 ) -> None:
+        self._domain = _Domain(domain, lookup)
         self.uuid = domain.UUIDString()
         self.name = domain.name()
 
@@ -393,11 +429,16 @@ class Guest:
         """
         with self._translated('end the backup job'):
             self._domain.abortJob()
+        self._wait_gone(lambda: self.backup_socket() is None,
+                        'end the backup job', timeout)
+
+    def _wait_gone(self, gone: Callable[[], bool], action: str,
+                   timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while self.backup_socket() is not None:
+        while not gone():
             if time.monotonic() > deadline:
                 raise exception.HypervisorError(
-                    action='end the backup job', instance_uuid=self.uuid,
+                    action=action, instance_uuid=self.uuid,
                     reason='it is still there %d s after it was cancelled'
                            % timeout)
             time.sleep(0.05)
@@ -448,12 +489,17 @@ class Guest:
                         else mirror.get('file'))
         return None
 
-    def abort_block_job(self, disk: str) -> None:
-        """Cancel the disk's block job and wait until it is gone.
+    def abort_block_job(self, disk: str,
+                        timeout: float = JOB_END_TIMEOUT) -> None:
+        """Cancel the disk's block job and wait, bounded, until it is gone.
 
         Cancelling a copy that is in sync leaves the destination holding the
         disk as it was at this instant, while the guest keeps its own disk
-        (no pivot).
+        (no pivot).  libvirt's synchronous abort would wait for QEMU
+        without limit: a hung job would hang the snapshot with it.
         """
         with self._translated('cancel the block job on %s' % disk):
-            self._domain.blockJobAbort(disk, 0)
+            self._domain.blockJobAbort(
+                disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC)
+        self._wait_gone(lambda: self.block_job(disk) is None,
+                        'cancel the block job on %s' % disk, timeout)

@@ -18,6 +18,20 @@ def _ignore_libvirt_error(_ctx, _err) -> None:
     """libvirt prints every error to stderr by default; we raise instead."""
 
 
+def _alive(conn: libvirt.virConnect) -> bool:
+    """Whether libvirtd still answers on ``conn``.
+
+    ``isAlive`` only knows a connection is closed once a call failed on
+    it: after a libvirtd restart, the first call on the old connection
+    finds out.
+    """
+    try:
+        conn.getLibVersion()
+    except libvirt.libvirtError:
+        return False
+    return conn.isAlive()
+
+
 def version_string(version: Tuple[int, ...]) -> str:
     """(9, 0, 0) -> '9.0.0', for logs, reasons and image properties."""
     return '.'.join(str(part) for part in version)
@@ -50,7 +64,7 @@ class Host:
 
     def _connection(self) -> libvirt.virConnect:
         with self._lock:
-            if self._conn is None or not self._conn.isAlive():
+            if self._conn is None or not _alive(self._conn):
                 libvirt.registerErrorHandler(_ignore_libvirt_error, None)
                 try:
                     self._conn = libvirt.open(self.uri)
@@ -63,10 +77,15 @@ class Host:
                 LOG.info('Connected to libvirt at %s', self.uri)
             return self._conn
 
+    def _domain(self, uuid: str) -> libvirt.virDomain:
+        """The domain on a live connection (libvirtd may have restarted)."""
+        return self._connection().lookupByUUIDString(uuid)
+
     def get_guest(self, instance_uuid: str) -> guest_mod.Guest:
         conn = self._connection()
         try:
-            return guest_mod.Guest(conn.lookupByUUIDString(instance_uuid))
+            return guest_mod.Guest(conn.lookupByUUIDString(instance_uuid),
+                                   self._domain)
         except libvirt.libvirtError as e:
             if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
                                       libvirt.VIR_ERR_INVALID_ARG):
@@ -79,7 +98,8 @@ class Host:
     def list_guests(self) -> list:
         conn = self._connection()
         try:
-            return [guest_mod.Guest(dom) for dom in conn.listAllDomains(0)]
+            return [guest_mod.Guest(dom, self._domain)
+                    for dom in conn.listAllDomains(0)]
         except libvirt.libvirtError as e:
             raise exception.HypervisorError(
                 action='list domains', instance_uuid='-',
@@ -93,7 +113,8 @@ class Host:
             pass
         conn = self._connection()
         try:
-            return guest_mod.Guest(conn.lookupByName(name_or_uuid))
+            return guest_mod.Guest(conn.lookupByName(name_or_uuid),
+                                   self._domain)
         except libvirt.libvirtError:
             raise exception.InstanceNotFound(instance_uuid=name_or_uuid,
                                              uri=self.uri)

@@ -11,10 +11,16 @@ itself: most of a guest's memory is zeros and page cache.  zstandard is the
 well-kept binding of the format; it compresses on every core.
 
 The properties carry what a restore must match (machine type, CPU, RAM)
-and the sha256 of the uncompressed state, checked before it is used.
+and the sha256 of the uncompressed state, checked before it is used.  QEMU
+trusts a migration stream, and the image owner can edit any property: so
+the sha256 is sealed with a host secret (an HMAC over the state's sha256,
+its image, the snapshot's image and the server), and a state whose seal
+this host cannot reproduce is never restored.
 """
 
+import errno
 import hashlib
+import hmac
 import os
 from typing import Any, Callable, Dict, Optional
 
@@ -33,6 +39,7 @@ CHUNK = 4 * 1024 * 1024
 LINK_PROPERTY = 'vmsnap_memory_image'
 OF_PROPERTY = 'vmsnap_memory_of'
 SHA256_PROPERTY = 'vmsnap_memory_sha256'
+SEAL_PROPERTY = 'vmsnap_memory_seal'
 # What a domain must match for the state to resume in it.
 FIT_PROPERTIES = {
     'machine_type': 'vmsnap_machine_type',
@@ -54,6 +61,48 @@ def create(images: Any, disk_image_name: str, instance_uuid: str) -> dict:
         'instance_uuid': instance_uuid,
         'os_hidden': True,
     })
+
+
+def seal_key(path: str) -> bytes:
+    """The host's sealing secret, created on first use."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise
+    else:
+        with os.fdopen(fd, 'w') as f:
+            f.write(os.urandom(32).hex())
+            f.flush()
+            os.fsync(f.fileno())
+    with open(path) as f:
+        key = f.read().strip()
+    if len(key) < 32:
+        raise exception.VmsnapException(
+            message='The memory seal key in %s is shorter than 32 '
+                    'characters: write a long random secret there' % path)
+    return key.encode()
+
+
+def _seal(key: bytes, memory_image_id: str, disk_image_id: str,
+          instance_uuid: str, sha256: str) -> str:
+    message = '\n'.join([memory_image_id, disk_image_id, instance_uuid,
+                         sha256]).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def unsealed(key: bytes, memory_image: dict, disk_image_id: str,
+             instance_uuid: str) -> Optional[str]:
+    """Why the memory image's seal does not hold, or None."""
+    expected = _seal(key, memory_image['id'], disk_image_id, instance_uuid,
+                     memory_image.get(SHA256_PROPERTY) or '')
+    if not hmac.compare_digest(expected,
+                               memory_image.get(SEAL_PROPERTY) or ''):
+        return ('the memory image %s is not sealed by this deployment\'s '
+                'vmsnap key (memory_seal_key_file) for this snapshot and '
+                'server: it was altered, or taken where another key is '
+                'used' % memory_image['id'])
+    return None
 
 
 def machine_properties(machine: Dict[str, str]) -> Dict[str, str]:
@@ -111,7 +160,8 @@ class _HashingReader:
 
 
 def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
-           properties: Dict[str, str], disk_image_id: str) -> str:
+           properties: Dict[str, str], disk_image_id: str,
+           key: bytes) -> str:
     """Compress the state, upload it into ``image_id``; its sha256.
 
     The compressed file is written beside the state (in the snapshot's
@@ -126,6 +176,8 @@ def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
     properties = dict(properties, **{
         OF_PROPERTY: disk_image_id,
         SHA256_PROPERTY: sha256,
+        SEAL_PROPERTY: _seal(key, image_id, disk_image_id,
+                             properties['instance_uuid'], sha256),
         image_properties.GUEST_STATE_PROPERTY: memory.state,
         'vmsnap_memory_size': str(os.path.getsize(memory.path)),
         'vmsnap_memory_compression': COMPRESSION,

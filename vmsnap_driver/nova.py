@@ -29,6 +29,7 @@ from oslo_log import log as logging
 from vmsnap_driver import engine
 from vmsnap_driver import exception
 from vmsnap_driver import host as host_mod
+from vmsnap_driver import memory_image
 from vmsnap_driver import recovery
 from vmsnap_driver import restore
 from vmsnap_driver import snapshot_options
@@ -173,7 +174,9 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
         try:
             restore.revert(self._vmsnap_host.get_guest(instance.uuid),
                            images, image_id, _state_path(),
-                           CONF.vmsnap.snapshots_directory)
+                           CONF.vmsnap.snapshots_directory,
+                           memory_image.seal_key(
+                               CONF.vmsnap.memory_seal_key_file))
         except exception.InstanceNotFound:
             raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)
         except exception.VmsnapException as e:

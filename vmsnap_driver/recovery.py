@@ -140,17 +140,20 @@ def _give_back(guest: guest_mod.Guest, facts: dict) -> None:
         guest.abort_job()
         LOG.info('Backup job ended', instance_uuid=uuid)
     saved = facts.get('saved')
-    if saved and guest.state() == guest_mod.SHUTOFF:
-        if saved == cold.MANAGED:
-            if guest.has_managed_save():
-                guest.launch()
-                LOG.info('Guest restored from its managed save',
-                         instance_uuid=uuid)
-        elif os.path.exists(saved):
+    shutoff = guest.state() == guest_mod.SHUTOFF
+    if saved == cold.MANAGED:
+        if shutoff and guest.has_managed_save():
+            guest.launch()
+            LOG.info('Guest restored from its managed save',
+                     instance_uuid=uuid)
+    elif saved and os.path.exists(saved):
+        if shutoff:
             guest.restore(saved, paused=(
                 facts.get('saved_state') == guest_mod.PAUSED))
-            os.unlink(saved)
             LOG.info('Guest restored from %s', saved, instance_uuid=uuid)
+        # A guest that runs again (restored by hand) has moved on: its
+        # old state would only roll it back over newer disks.
+        os.unlink(saved)
     if facts.get('paused') and guest.state() == guest_mod.PAUSED:
         guest.resume()
         LOG.info('Guest vmsnap had paused is running again',

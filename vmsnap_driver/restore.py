@@ -81,8 +81,13 @@ class Plan:
         return sum(sizes)
 
 
-def plan(guest: guest_mod.Guest, images: Any, image_id: str) -> Plan:
-    """Check that ``image_id`` can be reverted to; touch nothing."""
+def plan(guest: guest_mod.Guest, images: Any, image_id: str,
+         seal_key: bytes) -> Plan:
+    """Check that ``image_id`` can be reverted to; touch nothing.
+
+    :param seal_key: the key memory images are sealed with
+        (:func:`vmsnap_driver.memory_image.seal_key`).
+    """
     def refuse(reason: str) -> None:
         raise exception.RevertRefused(instance_uuid=guest.uuid,
                                       image_id=image_id, reason=reason)
@@ -125,7 +130,9 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str) -> Plan:
                 memory.get(memory_image.OF_PROPERTY) != image['id']):
             refuse('its memory image %s is missing or not active'
                    % image[memory_image.LINK_PROPERTY])
-        problem = memory_image.misfit(memory, guest.machine())
+        problem = (memory_image.unsealed(seal_key, memory, image['id'],
+                                         guest.uuid)
+                   or memory_image.misfit(memory, guest.machine()))
         if problem:
             refuse(problem + '; a memory state resumes only in the machine '
                              'it was saved from')
@@ -371,10 +378,10 @@ def settle(guest: guest_mod.Guest, facts: dict) -> bool:
 
 
 def revert(guest: guest_mod.Guest, images: Any, image_id: str,
-           state_path: str, snapshots_directory: str,
+           state_path: str, snapshots_directory: str, seal_key: bytes,
            progress: Progress = lambda _n: None) -> Plan:
     """Revert ``guest`` to snapshot ``image_id``; what was done."""
-    the_plan = plan(guest, images, image_id)
+    the_plan = plan(guest, images, image_id, seal_key)
     LOG.info('Reverting to snapshot %(image)s (%(disks)s%(memory)s)',
              {'image': image_id,
               'disks': ', '.join(t.disk.target for t in the_plan.disks),

@@ -70,6 +70,15 @@ snapshot_opts = [
                      'may ask for it, or not, with the image property '
                      'vmsnap_memory=true|false, which wins over this '
                      'option. Shut-off guests have no memory to capture.'),
+    cfg.StrOpt('memory_seal_key_file',
+               default='$state_path/memory-seal.key',
+               help='File holding the secret that seals memory images: '
+                    'a memory state is fed to QEMU, which trusts it, so a '
+                    'revert restores only a state whose seal (an HMAC of '
+                    'its sha256, image, snapshot and server) this key '
+                    'made; image properties alone can be edited by the '
+                    'image owner. Created (mode 0600) on first use; copy '
+                    'it to every host that reverts the same servers.'),
     cfg.StrOpt('quiesce',
                default='auto',
                choices=[

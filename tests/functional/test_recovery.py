@@ -6,6 +6,7 @@ half-written image behind.  Real libvirtd, real guests, the local Glance.
 """
 
 import glob
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -107,6 +108,55 @@ def test_kill_during_live_upload_ends_the_backup_job(
     assert _backup_running(guest)
     svc.start()
     _assert_recovered(svc, guest, glance, xml, image_id)
+
+
+def _restart_libvirtd():
+    """As an operator's package upgrade does: QEMU and its jobs run on."""
+    subprocess.run(['pkill', '-TERM', '-x', 'libvirtd'], check=True)
+    _wait(lambda: subprocess.run(['pgrep', '-x', 'libvirtd'],
+                                 capture_output=True).returncode,
+          'libvirtd gone', interval=0.1)
+    subprocess.run(['libvirtd', '-d'], check=True)
+    _wait(lambda: subprocess.run(
+        ['virsh', '-c', 'qemu:///system', 'version'],
+        capture_output=True).returncode == 0, 'libvirtd answering',
+        interval=0.2)
+
+
+def test_libvirtd_restart_mid_snapshot_leaves_nothing(
+        service, big_guest, glance, conn):
+    """The snapshot completes exactly, or fails and is cleaned up.
+
+    A restarted libvirtd keeps the backup job; vmsnap-compute's own
+    connection is closed under it.  Whichever way the snapshot ends, the
+    job ends with it and nothing of it is left.
+    """
+    guest = big_guest
+    svc = service(DEFAULT={'recovery_interval': '2'},
+                  libvirt={'snapshot_mode': 'live'})
+    xml = guest.inactive_xml()
+    image_id = _start_snapshot(svc, guest)
+    _wait(lambda: _backup_running(guest), 'the backup job')
+    _restart_libvirtd()
+    guest.dom = conn.lookupByUUIDString(guest.uuid)
+    _wait(lambda: svc.request('GET', '/v2.1/servers/' + guest.uuid)[2][
+        'server']['OS-EXT-STS:task_state'] is None, 'the snapshot ended',
+        timeout=120, interval=0.5)
+    _wait(lambda: not os.listdir(os.path.join(svc.dir, 'operations')),
+          'the record settled', timeout=30, interval=0.5)
+    images = {i['id']: i for i in glance.images.list()}
+    if image_id in images:
+        assert images[image_id]['status'] == 'active'
+        with open(guest.disk['path'], 'rb') as f:
+            expected = hashlib.file_digest(f, 'sha256').hexdigest()
+        assert images[image_id]['vmsnap_content_sha256'] == expected
+        glance.images.delete(image_id)
+    assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
+    assert guest.boots() == 1
+    guest.wait_counter_above(guest.last_counter())
+    assert not _backup_running(guest)
+    assert guest.inactive_xml() == xml
+    assert glob.glob(os.path.join(svc.dir, 'snapshots', '*')) == []
 
 
 def test_kill_during_revert_swap_finishes_or_undoes_it(

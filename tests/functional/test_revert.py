@@ -187,6 +187,12 @@ def test_refused_and_failed_reverts_leave_the_guest_running(
     glance.images.update(memory_id, vmsnap_memory_mib='4096')
     refused(image_id, 'saved with 4096 MiB of RAM, the domain now has 192')
     glance.images.update(memory_id, vmsnap_memory_mib='192')
+    # A memory state its owner altered (here: its recorded sha256, as if
+    # the bytes were swapped) never reaches QEMU: its seal fails.
+    sha_was = glance.images.get(memory_id)['vmsnap_memory_sha256']
+    glance.images.update(memory_id, vmsnap_memory_sha256='1' * 64)
+    refused(image_id, 'is not sealed by this deployment')
+    glance.images.update(memory_id, vmsnap_memory_sha256=sha_was)
     assert guest.boots() == 1 and guest.run('test -e %s' % MARKER)[0] == 0
 
     # A snapshot whose disk is not what its record says: staged, found

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from cheroot import wsgi
 from oslo_log import log as logging
@@ -51,6 +51,22 @@ def build_app(manager: manager_mod.ComputeManager,
     return application
 
 
+def _recover_periodically(driver: Any, stop: threading.Event,
+                          interval: int) -> None:
+    """Settle records a failed cleanup left, once their peers answer.
+
+    A record in the journal belongs either to an operation still running
+    (recovery waits for its instance lock, then finds it gone) or to one
+    whose cleanup failed: without these passes, that guest would wait for
+    the next start of the service.
+    """
+    while interval and not stop.wait(interval):
+        try:
+            driver.recover()
+        except Exception:  # the next pass tries again
+            LOG.exception('A recovery pass failed')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     config.parse_args(sys.argv[1:] if argv is None else argv)
     api = CONF.api
@@ -84,6 +100,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     LOG.info('vmsnap-compute serving the Compute API on http://%s:%d '
              '(driver %s, auth %s)', api.host, server.bind_addr[1],
              CONF.compute_driver, api.auth_strategy)
+    threading.Thread(target=_recover_periodically,
+                     args=(driver, stop, CONF.recovery_interval),
+                     name='recovery', daemon=True).start()
     while not stop.wait(1):
         pass
     LOG.info('Stopping: no new requests; queued snapshots are dropped and '

@@ -1,0 +1,37 @@
+"""The memory image's seal: only this deployment's states are restored."""
+
+import os
+
+from vmsnap_driver import memory_image
+
+
+def _sealed(key, sha256='ab' * 32):
+    return {'id': 'mem-1', memory_image.SHA256_PROPERTY: sha256,
+            memory_image.SEAL_PROPERTY: memory_image._seal(
+                key, 'mem-1', 'disk-1', 'u-1', sha256)}
+
+
+def test_the_key_is_made_once_and_kept_private(tmp_path):
+    path = str(tmp_path / 'seal.key')
+    key = memory_image.seal_key(path)
+    assert memory_image.seal_key(path) == key
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_a_sealed_state_passes(tmp_path):
+    key = memory_image.seal_key(str(tmp_path / 'k'))
+    assert memory_image.unsealed(key, _sealed(key), 'disk-1', 'u-1') is None
+
+
+def test_any_edit_or_other_key_breaks_the_seal(tmp_path):
+    key = memory_image.seal_key(str(tmp_path / 'k'))
+    other = memory_image.seal_key(str(tmp_path / 'other'))
+    image = _sealed(key)
+    assert memory_image.unsealed(key, image, 'disk-2', 'u-1')
+    assert memory_image.unsealed(key, image, 'disk-1', 'u-2')
+    assert memory_image.unsealed(other, image, 'disk-1', 'u-1')
+    image[memory_image.SHA256_PROPERTY] = 'cd' * 32
+    assert 'not sealed' in memory_image.unsealed(key, image, 'disk-1',
+                                                 'u-1')
+    del image[memory_image.SEAL_PROPERTY]
+    assert memory_image.unsealed(key, image, 'disk-1', 'u-1')
