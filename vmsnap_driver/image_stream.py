@@ -9,6 +9,12 @@ straight into Glance, reading each allocated byte once and writing none.
 
 The qcow2 produced is version 3, 64 KiB clusters, 16-bit refcounts, no
 backing file and no compression: what ``qemu-img convert -O qcow2`` makes.
+
+A *delta* (:func:`qcow2_delta`) is the same file holding only the clusters
+that changed since a checkpoint: a changed cluster that now reads as zeros
+is a zero cluster (QCOW_OFLAG_ZERO, no data), an unchanged one is
+unallocated.  It names no backing file (Glance refuses one); put on its
+parent as backing, it reads as the disk did at its checkpoint.
 """
 
 import dataclasses
@@ -27,6 +33,7 @@ REFCOUNT_ORDER = 4                     # 16-bit refcounts
 REFCOUNTS_PER_BLOCK = CLUSTER * 8 >> REFCOUNT_ORDER
 QCOW2_MAGIC = 0x514649FB
 COPIED = 1 << 63                       # refcount is exactly one
+ZERO_CLUSTER = 1                       # QCOW_OFLAG_ZERO: reads as zeros
 HEADER = struct.Struct('>IIQIIQIIQQIIQQQQII')
 
 # Data is read and handed to the upload in pieces of this size.
@@ -98,9 +105,12 @@ def raw(virtual_size: int, extents: List[nbd.Extent],
                    sum(e.length for e in extents if not e.zero))
 
 
-def _cluster_runs(extents: List[nbd.Extent]) -> List[Tuple[int, int]]:
+Runs = List[Tuple[int, int]]
+
+
+def _cluster_runs(extents: List[nbd.Extent]) -> Runs:
     """(first cluster, count) of clusters holding any data, merged."""
-    runs: List[Tuple[int, int]] = []
+    runs: Runs = []
     for extent in extents:
         if extent.zero or not extent.length:
             continue
@@ -114,12 +124,36 @@ def _cluster_runs(extents: List[nbd.Extent]) -> List[Tuple[int, int]]:
     return runs
 
 
+def _split(changed: Runs, data: Runs) -> Tuple[Runs, Runs]:
+    """``changed`` cut into the clusters that hold data and the others."""
+    with_data: Runs = []
+    without: Runs = []
+    data = list(data)
+    i = 0
+    for first, count in changed:
+        end = first + count
+        position = first
+        while position < end:
+            while i < len(data) and sum(data[i]) <= position:
+                i += 1
+            if i < len(data) and data[i][0] <= position:
+                stop = min(end, sum(data[i]))
+                with_data.append((position, stop - position))
+            else:
+                stop = min(end, data[i][0]) if i < len(data) else end
+                without.append((position, stop - position))
+            position = stop
+    return with_data, without
+
+
 @dataclasses.dataclass(frozen=True)
 class Qcow2Layout:
     """Where everything goes in the streamed qcow2, in clusters."""
 
     virtual_size: int
-    runs: List[Tuple[int, int]]
+    runs: Runs
+    # Clusters that read as zeros without data (a delta's only).
+    zero_runs: Runs
     l1_size: int
     l1_clusters: int
     l2_indexes: List[int]
@@ -155,15 +189,13 @@ class Qcow2Layout:
         return self.data_at + self.data_clusters
 
 
-def qcow2_layout(virtual_size: int,
-                 extents: List[nbd.Extent]) -> Qcow2Layout:
-    runs = _cluster_runs(extents)
+def qcow2_layout(virtual_size: int, runs: Runs,
+                 zero_runs: Runs = ()) -> Qcow2Layout:
     guest_clusters = _ceil_div(virtual_size, CLUSTER)
     l1_size = _ceil_div(guest_clusters, L2_ENTRIES)
-    l2_indexes = sorted({index for first, count in runs
-                         for index in range(first // L2_ENTRIES,
-                                            (first + count - 1)
-                                            // L2_ENTRIES + 1)})
+    l2_indexes = sorted({index for first, count in list(runs) + list(
+        zero_runs) for index in range(first // L2_ENTRIES,
+                                      (first + count - 1) // L2_ENTRIES + 1)})
     l1_clusters = _ceil_div(l1_size * 8, CLUSTER)
     # Refcount blocks count every cluster, themselves included: grow them
     # until they cover the file they are part of.
@@ -176,15 +208,32 @@ def qcow2_layout(virtual_size: int,
         if (new_blocks, new_table) == (blocks, table):
             break
         blocks, table = new_blocks, new_table
-    return Qcow2Layout(virtual_size, runs, l1_size, l1_clusters, l2_indexes,
-                       blocks, table)
+    return Qcow2Layout(virtual_size, runs, list(zero_runs), l1_size,
+                       l1_clusters, l2_indexes, blocks, table)
 
 
 def qcow2(virtual_size: int, extents: List[nbd.Extent],
           read: Reader) -> Encoded:
     """A flat qcow2 holding the disk's data clusters, laid out in order."""
     _check_sectors(virtual_size, extents)
-    layout = qcow2_layout(virtual_size, extents)
+    return _qcow2(qcow2_layout(virtual_size, _cluster_runs(extents)), read)
+
+
+def qcow2_delta(virtual_size: int, extents: List[nbd.Extent],
+                changed: List[nbd.Extent], read: Reader) -> Encoded:
+    """A qcow2 of the clusters in ``changed`` only (see the module doc).
+
+    :param extents: the disk's data and zero runs now.
+    :param changed: the runs changed since the checkpoint.
+    """
+    _check_sectors(virtual_size, extents)
+    with_data, zeroed = _split(_cluster_runs(changed),
+                               _cluster_runs(extents))
+    return _qcow2(qcow2_layout(virtual_size, with_data, zeroed), read)
+
+
+def _qcow2(layout: Qcow2Layout, read: Reader) -> Encoded:
+    virtual_size = layout.virtual_size
 
     def padded(payload: bytes, clusters: int) -> bytes:
         return payload + bytes(clusters * CLUSTER - len(payload))
@@ -214,29 +263,38 @@ def qcow2(virtual_size: int, extents: List[nbd.Extent],
             yield from _data(read, offset, length)
             yield bytes(count * CLUSTER - length)
 
-    return Encoded(layout.total_clusters * CLUSTER, chunks(),
-                   sum(e.length for e in extents if not e.zero))
+    data_bytes = sum(min(count * CLUSTER, virtual_size - first * CLUSTER)
+                     for first, count in layout.runs)
+    return Encoded(layout.total_clusters * CLUSTER, chunks(), data_bytes)
 
 
 def _l2_tables(layout: Qcow2Layout) -> Iterator[bytes]:
-    """Map each data cluster, in guest order, to the next host cluster."""
+    """Map each data cluster, in guest order, to the next host cluster.
+
+    Zero runs are marked as reading zeros; every other entry stays 0
+    (unallocated: it reads from a backing file, or as zeros without one).
+    """
     host = layout.data_at
-    runs = iter(layout.runs)
-    run = next(runs, None)
+    runs = sorted([(first, count, True) for first, count in layout.runs]
+                  + [(first, count, False)
+                     for first, count in layout.zero_runs])
+    i = 0
     for index in layout.l2_indexes:
         table_start = index * L2_ENTRIES
         table_end = table_start + L2_ENTRIES
         entries = [0] * L2_ENTRIES
-        while run is not None and run[0] < table_end:
-            first, count = run
-            hi = min(first + count, table_end)
-            for guest in range(max(first, table_start), hi):
-                entries[guest - table_start] = (host * CLUSTER) | COPIED
-                host += 1
-            if first + count > hi:
-                run = (hi, first + count - hi)
-                break
-            run = next(runs, None)
+        while i < len(runs) and runs[i][0] < table_end:
+            first, count, data = runs[i]
+            for guest in range(max(first, table_start),
+                               min(first + count, table_end)):
+                if data:
+                    entries[guest - table_start] = (host * CLUSTER) | COPIED
+                    host += 1
+                else:
+                    entries[guest - table_start] = ZERO_CLUSTER
+            if first + count > table_end:
+                break               # the run goes on in the next table
+            i += 1
         yield struct.pack('>%dQ' % L2_ENTRIES, *entries)
 
 

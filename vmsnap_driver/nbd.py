@@ -4,7 +4,8 @@ libvirt's backup API exposes a disk as it was at one instant over NBD.
 Reading that export ourselves, instead of through ``qemu-img convert``, lets
 the snapshot stream straight into the upload with no full copy on disk.
 Only what that needs is implemented: the fixed newstyle handshake,
-structured replies, the ``base:allocation`` metadata context, READ and
+structured replies, the ``base:allocation`` metadata context and QEMU's
+``qemu:dirty-bitmap:`` contexts (what changed since a checkpoint), READ and
 BLOCK_STATUS (https://github.com/NetworkBlockDevice/nbd, doc/proto.md).
 libnbd would do, but it is not installable from PyPI.
 """
@@ -12,7 +13,7 @@ libnbd would do, but it is not installable from PyPI.
 import dataclasses
 import socket
 import struct
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 from vmsnap_driver import exception
 
@@ -50,8 +51,11 @@ REPLY_TYPE_ERROR_BIT = 1 << 15
 
 STATE_HOLE = 1
 STATE_ZERO = 2
+# In a qemu:dirty-bitmap context: the run changed since the checkpoint.
+STATE_DIRTY = 1
 
 ALLOCATION_CONTEXT = b'base:allocation'
+DIRTY_BITMAP_CONTEXT = b'qemu:dirty-bitmap:'
 # QEMU's NBD server accepts requests of up to 32 MiB.
 MAX_REQUEST = 32 * 1024 * 1024
 # A BLOCK_STATUS length is 32 bits; ask for at most this much at a time.
@@ -78,12 +82,22 @@ class Client:
     """One connection to one export; not thread safe."""
 
     def __init__(self, socket_path: str, export: str,
-                 timeout: float = TIMEOUT) -> None:
+                 timeout: float = TIMEOUT,
+                 dirty_bitmap: Optional[str] = None) -> None:
+        """Connect to ``export``.
+
+        :param dirty_bitmap: also ask for the changes this bitmap of the
+            export tracks (libvirt names an incremental backup's bitmap
+            ``backup-<disk>``): :meth:`dirty`.
+        """
         self.export = export
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         self._handle = 0
-        self._context_id = None
+        self._bitmap_context = (DIRTY_BITMAP_CONTEXT + dirty_bitmap.encode()
+                                if dirty_bitmap else None)
+        # Metadata context name -> the id the server gave it.
+        self._contexts: Dict[bytes, int] = {}
         # The server's block size limits (NBD_INFO_BLOCK_SIZE); a server
         # that does not say accepts any alignment up to MAX_REQUEST.
         self.min_block = 1
@@ -154,13 +168,18 @@ class Client:
         self._sock.sendall(struct.pack('>I', client_flags))
         self._option(OPT_STRUCTURED_REPLY, b'')
         name = self.export.encode()
-        query = (struct.pack('>I', len(name)) + name + struct.pack('>I', 1)
-                 + struct.pack('>I', len(ALLOCATION_CONTEXT))
-                 + ALLOCATION_CONTEXT)
+        wanted = [c for c in (ALLOCATION_CONTEXT, self._bitmap_context) if c]
+        query = (struct.pack('>I', len(name)) + name
+                 + struct.pack('>I', len(wanted))
+                 + b''.join(struct.pack('>I', len(c)) + c for c in wanted))
         for rtype, payload in self._option(OPT_SET_META_CONTEXT, query):
-            if rtype == REP_META_CONTEXT and (
-                    payload[4:] == ALLOCATION_CONTEXT):
-                self._context_id = struct.unpack('>I', payload[:4])[0]
+            if rtype == REP_META_CONTEXT and payload[4:] in wanted:
+                self._contexts[payload[4:]] = struct.unpack(
+                    '>I', payload[:4])[0]
+        if self._bitmap_context and (
+                self._bitmap_context not in self._contexts):
+            raise self._error('the server does not export %s'
+                              % self._bitmap_context.decode())
         go = (struct.pack('>I', len(name)) + name
               + struct.pack('>HHH', 2, INFO_EXPORT, INFO_BLOCK_SIZE))
         self.size = None
@@ -276,8 +295,27 @@ class Client:
 
     def extents(self) -> List[Extent]:
         """The whole export as data and zero runs, merged and in order."""
-        if self._context_id is None:
+        if ALLOCATION_CONTEXT not in self._contexts:
             return [Extent(0, self.size, False)]
+        return self._status(ALLOCATION_CONTEXT, STATE_ZERO)
+
+    def dirty(self) -> List[Extent]:
+        """The runs the dirty bitmap marks as changed, in order.
+
+        (``zero`` is False on each: a changed run may hold anything.)
+        """
+        return [Extent(e.offset, e.length, False)
+                for e in self._status(self._bitmap_context, STATE_DIRTY)
+                if e.zero]
+
+    def _status(self, context: bytes, flag: int) -> List[Extent]:
+        """The export in runs where ``flag`` is set (``zero``) or not.
+
+        Every negotiated context answers each request; the chunks of the
+        others are skipped.
+        """
+        context_id = self._contexts[context]
+        known = set(self._contexts.values())
         extents: List[Extent] = []
         offset = 0
         while offset < self.size:
@@ -288,23 +326,26 @@ class Client:
                 payload = self._recv(chunk_length)
                 if rtype != REPLY_TYPE_BLOCK_STATUS:
                     continue
+                got = (struct.unpack('>I', payload[:4])[0]
+                       if len(payload) >= 4 else None)
                 if (len(payload) < 12 or (len(payload) - 4) % 8
-                        or struct.unpack('>I', payload[:4])[0]
-                        != self._context_id):
+                        or got not in known):
                     raise self._error('malformed block status reply')
+                if got != context_id:
+                    continue
                 for i in range(4, len(payload), 8):
                     run, flags = struct.unpack('>II', payload[i:i + 8])
                     if run == 0:
                         raise self._error('a zero-length block status '
                                           'descriptor at %d' % offset)
                     run = min(run, self.size - offset)
-                    zero = bool(flags & STATE_ZERO)
-                    if extents and extents[-1].zero == zero:
+                    on = bool(flags & flag)
+                    if extents and extents[-1].zero == on:
                         last = extents.pop()
                         extents.append(Extent(last.offset,
-                                              last.length + run, zero))
+                                              last.length + run, on))
                     else:
-                        extents.append(Extent(offset, run, zero))
+                        extents.append(Extent(offset, run, on))
                     offset += run
             if offset == start:
                 raise self._error('no block status for offset %d' % offset)

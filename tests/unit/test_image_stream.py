@@ -1,6 +1,8 @@
 """The streamed qcow2, read back by a small qcow2 reader of the test's own."""
 
+import os
 import struct
+import subprocess
 
 import pytest
 
@@ -80,7 +82,8 @@ def test_qcow2_stream_holds_exactly_the_data(virtual, extents):
 def test_refcounts_cover_themselves_past_one_block():
     # 40000 data clusters: the file outgrows one refcount block (32768).
     extents = [nbd.Extent(0, 40000 * C, False)]
-    layout = image_stream.qcow2_layout(40000 * C, extents)
+    layout = image_stream.qcow2_layout(
+        40000 * C, image_stream._cluster_runs(extents))
     assert layout.refcount_blocks == 2
     assert layout.refcount_blocks * image_stream.REFCOUNTS_PER_BLOCK >= (
         layout.total_clusters)
@@ -124,3 +127,47 @@ def test_prefetcher_passes_errors_and_skips_empty_chunks():
     with pytest.raises(image_stream.StreamError, match='disk gone'):
         body.read(5)
     body.close()
+
+
+def test_qcow2_delta_on_its_parent_reads_as_the_new_disk(tmp_path):
+    """Changed data stored, changed-to-zero marked, the rest from parent.
+
+    Checked with the real qemu-img: the delta, put on the parent as its
+    backing file, converts to exactly the new disk.
+    """
+    size = 40 * C + 512
+    parent = bytearray(os.urandom(size))
+    parent[20 * C:30 * C] = bytes(10 * C)           # a hole in the parent
+    new = bytearray(parent)
+    new[C + 100:C + 200] = os.urandom(100)          # partly rewritten
+    new[3 * C:5 * C] = bytes(2 * C)                 # discarded
+    new[22 * C:23 * C] = os.urandom(C)              # written into the hole
+    new[40 * C:] = os.urandom(512)                  # the short tail
+    changed = [nbd.Extent(C, C, False), nbd.Extent(3 * C, 2 * C, False),
+               nbd.Extent(22 * C, C, False), nbd.Extent(40 * C, 512, False)]
+    extents = [nbd.Extent(0, 3 * C, False), nbd.Extent(3 * C, 2 * C, True),
+               nbd.Extent(5 * C, 15 * C, False),
+               nbd.Extent(20 * C, 2 * C, True),
+               nbd.Extent(22 * C, C, False),
+               nbd.Extent(23 * C, 7 * C, True),
+               nbd.Extent(30 * C, size - 30 * C, False)]
+    encoded = image_stream.qcow2_delta(
+        size, extents, changed, lambda o, n: bytes(new[o:o + n]))
+    delta = tmp_path / 'delta.qcow2'
+    delta.write_bytes(b''.join(encoded.chunks))
+    assert delta.stat().st_size == encoded.size
+    # Three changed clusters hold data; the zeroed two hold none.
+    assert encoded.data_bytes == 2 * C + 512
+    raw = tmp_path / 'parent.raw'
+    raw.write_bytes(parent)
+    base = tmp_path / 'parent.qcow2'
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2',
+                    str(raw), str(base)], check=True)
+    subprocess.run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-b',
+                    str(base), '-F', 'qcow2', str(delta)], check=True)
+    out = tmp_path / 'out.raw'
+    subprocess.run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
+                    str(delta), str(out)], check=True)
+    assert out.read_bytes() == bytes(new)
+    subprocess.run(['qemu-img', 'check', '-f', 'qcow2', str(delta)],
+                   check=True, capture_output=True)
