@@ -18,6 +18,7 @@ from oslo_utils import strutils
 
 from vmsnap_driver import capture
 from vmsnap_driver.capture import base as capture_base
+from vmsnap_driver import chains as snapshot_chains
 from vmsnap_driver import decide
 from vmsnap_driver import digest
 from vmsnap_driver import exception
@@ -91,8 +92,12 @@ class SnapshotEngine:
                     self._capture_and_upload(instance, plan, group, workdir,
                                              update_task_state, images,
                                              record)
+                snapshot_chains.commit(plan.guest, images, self._state_path,
+                                       plan.link, image_id, plan.disks[0],
+                                       plan.chains[0][0].virtual_size, record)
             except Exception:
                 group.delete_created()
+                snapshot_chains.abandon(plan.guest, plan.link, record)
                 raise
         finally:
             _end(record)
@@ -127,21 +132,30 @@ class SnapshotEngine:
         strategy = capture.get(
             decision.mode, libvirt_conf, caps,
             memory_bytes=guest.hardware()[1] * MIB if memory else 0)
+        compress = (libvirt_conf.snapshot_compression
+                    and libvirt_conf.snapshot_image_format == 'qcow2')
+        # -U: a running QEMU holds the disks open.
+        chains = [qemu_img.info(d.path, d.format, force_share=True)
+                  for d in disks]
+        link = snapshot_chains.plan(
+            guest, images, self._state_path, libvirt_conf, image, disks,
+            chains[0][0].virtual_size, strategy.method,
+            libvirt_conf.snapshot_image_format, compress, memory)
+        if link.checkpoint:
+            strategy.checkpoint = capture_base.Checkpoint(
+                link.checkpoint, link.incremental_from)
         LOG.info('Taking a %(mode)s snapshot (%(method)s) of %(disks)s%(mem)s '
-                 'into image %(image)s: %(reason)s',
+                 'into image %(image)s: %(reason)s%(chain)s',
                  {'mode': decision.mode, 'method': strategy.method,
                   'mem': ' and memory' if memory else '',
                   'disks': ', '.join(d.target for d in disks),
-                  'image': image_id, 'reason': decision.reason},
+                  'image': image_id, 'reason': decision.reason,
+                  'chain': '; ' + link.reason if link.requested else ''},
                  instance_uuid=instance.uuid)
-        compress = (libvirt_conf.snapshot_compression
-                    and libvirt_conf.snapshot_image_format == 'qcow2')
         return _Plan(
             guest=guest, image=image, disks=disks, caps=caps,
             decision=decision, freezer=freezer, strategy=strategy,
-            # -U: a running QEMU holds the disks open.
-            chains=[qemu_img.info(d.path, d.format, force_share=True)
-                    for d in disks],
+            chains=chains, link=link,
             image_format=libvirt_conf.snapshot_image_format,
             compress=compress, state=state, memory=memory,
             machine=guest.machine() if memory else {},
@@ -169,6 +183,8 @@ class SnapshotEngine:
                 properties = group.properties(
                     disk, image_properties.snapshot_properties(
                         instance, plan.record(disk, view)))
+                if disk is plan.disks[0]:
+                    properties.update(plan.link.properties())
                 if plan.streamed:
                     _upload_export(images, group.image_id(disk), view,
                                    fmt, properties)
@@ -219,19 +235,30 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
     """Encode the export front to back, straight into Glance.
 
     The content digest is computed as the data streams, so it is known
-    only once the upload is done: it is added to the image then.
+    only once the upload is done: it is added to the image then.  An
+    incremental export is encoded as a delta of what changed, but the
+    digest is of the whole disk: a restored point is proven against it.
     """
-    with nbd.Client(view.nbd_socket, view.nbd_export) as client:
-        content = digest.ContentDigest(client.read, client.size)
-        encoded = image_stream.ENCODERS[image_format](
-            client.size, client.extents(), content.read)
+    with nbd.Client(view.nbd_socket, view.nbd_export,
+                    dirty_bitmap=view.dirty_bitmap) as client:
+        extents = client.extents()
+        content = digest.ContentDigest(client.read, client.size, extents)
+        if view.dirty_bitmap:
+            encoded = image_stream.qcow2_delta(client.size, extents,
+                                               client.dirty(), content.read)
+        else:
+            encoded = image_stream.ENCODERS[image_format](
+                client.size, extents, content.read)
         body = image_stream.Prefetcher(encoded.chunks, encoded.size)
         try:
             images.upload(image_id, body, encoded.size, image_format,
                           properties)
         finally:
             body.close()
-    images.set_properties(image_id, {DIGEST_PROPERTY: content.hexdigest()})
+        # A delta's encoder read only what changed: the rest of the disk
+        # is read for the digest now, while the export still holds it.
+        sha256 = content.hexdigest()
+    images.set_properties(image_id, {DIGEST_PROPERTY: sha256})
 
 
 @dataclasses.dataclass
@@ -245,7 +272,10 @@ class _Plan:
     decision: decide.Decision
     freezer: quiesce.Freezer
     strategy: capture_base.Capture
+    # Each disk's backing chain (qemu-img info), top first.
     chains: list
+    # Where the snapshot goes in the server's chain of snapshots.
+    link: snapshot_chains.Link
     image_format: str
     compress: bool
     streamed: bool
@@ -260,8 +290,11 @@ class _Plan:
 
     def record(self, disk: Any, view: capture_base.DiskView
                ) -> image_properties.CaptureRecord:
+        reason = self.decision.reason
+        if self.link.requested:
+            reason = '%s; %s' % (self.link.reason, reason)
         return image_properties.CaptureRecord(
-            mode=self.decision.mode, reason=self.decision.reason,
+            mode=self.decision.mode, reason=reason,
             method=self.strategy.method, disk=disk,
             started_at=view.started_at, captured_at=view.captured_at,
             libvirt_version=host_mod.version_string(self.caps.libvirt_version),

@@ -128,3 +128,9 @@ class ImageCorrupt(VmsnapException):
     msg_fmt = ('Image %(image_id)s does not hold what its snapshot record '
                'says: %(reason)s. Nothing was changed; run "vmsnap verify '
                '%(image_id)s" and revert to another snapshot.')
+
+
+class ChainBroken(VmsnapException):
+    msg_fmt = ('Image %(image_id)s cannot be restored: its chain is broken: '
+               '%(reason)s. Restore an earlier point of the chain, or a full '
+               'snapshot.')

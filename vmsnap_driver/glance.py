@@ -9,7 +9,7 @@ password``) and a standalone one (``auth_type = none`` plus
 import contextlib
 import hashlib
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, List
 
 import glanceclient
 from glanceclient import exc as glance_exc
@@ -25,6 +25,14 @@ LOG = logging.getLogger(__name__)
 GROUP = 'glance'
 QUEUED = 'queued'
 ACTIVE = 'active'
+# Glance's own fields of an image, as opposed to its properties.
+CORE_FIELDS = frozenset([
+    'id', 'name', 'status', 'visibility', 'owner', 'protected', 'checksum',
+    'size', 'virtual_size', 'container_format', 'disk_format', 'created_at',
+    'updated_at', 'deleted', 'deleted_at', 'locations', 'direct_url',
+    'min_ram', 'min_disk', 'tags', 'file', 'schema', 'self', 'stores',
+    'os_hash_algo', 'os_hash_value', 'os_hidden',
+])
 
 
 class ImageService:
@@ -174,6 +182,12 @@ class ImageService:
     def set_properties(self, image_id: str, properties: dict) -> None:
         with self._translated('update', image_id):
             self._get_client().images.update(image_id, **properties)
+
+    def list(self, **filters: str) -> List[dict]:
+        """Every image matching ``filters`` (properties too), all pages."""
+        with self._translated('list', '-'):
+            return [dict(image) for image in
+                    self._get_client().images.list(filters=filters)]
 
 
 def for_context(conf: cfg.ConfigOpts, context: Any,

@@ -362,28 +362,97 @@ class Guest:
 
     # -- backup jobs --------------------------------------------------
     def backup_begin(self, targets: List[str], socket_path: str,
-                     scratch_dir: str) -> None:
+                     scratch_dir: str, incremental: Optional[str] = None,
+                     checkpoint: Optional[str] = None) -> None:
         """Export ``targets`` as they are now over NBD (backup, pull mode).
 
         All the disks are fixed at the same instant.  QEMU keeps each view
         still: before the guest overwrites a block, the old content is
         copied into that disk's scratch file, so the exports never change
         while the guest runs on.  Each export is named after its target.
+
+        :param incremental: a checkpoint: each export also carries the
+            bitmap of what changed since it (``backup-<target>``).
+        :param checkpoint: create this checkpoint of ``targets`` at the
+            same instant (a persistent bitmap in each qcow2).
         """
         disks = ''.join(
             "<disk name=%s backup='yes' type='file'><scratch file=%s/>"
             "</disk>" % (saxutils.quoteattr(target), saxutils.quoteattr(
                 os.path.join(scratch_dir, target + '.qcow2')))
             for target in targets)
-        disks += ''.join(
-            "<disk name=%s backup='no'/>" % saxutils.quoteattr(d.target)
-            for d in self.disks() if d.target not in targets)
-        xml = ("<domainbackup mode='pull'>"
+        others = [d.target for d in self.disks() if d.target not in targets]
+        disks += ''.join("<disk name=%s backup='no'/>"
+                         % saxutils.quoteattr(t) for t in others)
+        xml = ("<domainbackup mode='pull'>%s"
                "<server transport='unix' socket=%s/>"
                "<disks>%s</disks></domainbackup>"
-               % (saxutils.quoteattr(socket_path), disks))
+               % ('<incremental>%s</incremental>' % saxutils.escape(
+                   incremental) if incremental else '',
+                  saxutils.quoteattr(socket_path), disks))
+        checkpoint_xml = None
+        if checkpoint:
+            checkpoint_xml = (
+                "<domaincheckpoint><name>%s</name><disks>%s%s</disks>"
+                "</domaincheckpoint>" % (
+                    saxutils.escape(checkpoint),
+                    ''.join("<disk name=%s checkpoint='bitmap'/>"
+                            % saxutils.quoteattr(t) for t in targets),
+                    ''.join("<disk name=%s checkpoint='no'/>"
+                            % saxutils.quoteattr(t) for t in others)))
         with self._translated('start a backup of %s' % ', '.join(targets)):
-            self._domain.backupBegin(xml, None, 0)
+            self._domain.backupBegin(xml, checkpoint_xml, 0)
+
+    # -- checkpoints --------------------------------------------------
+    def checkpoint_xml(self, name: str) -> Optional[str]:
+        """The checkpoint's definition, to redefine it later; None if none.
+
+        libvirt forgets checkpoints when the domain is undefined (Nova
+        does that on a hard reboot); the bitmaps stay in the qcow2.
+        """
+        try:
+            checkpoint = self._domain.checkpointLookupByName(name, 0)
+            return checkpoint.getXMLDesc(
+                libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
+                raise exception.HypervisorError(
+                    action='look up checkpoint %s' % name,
+                    instance_uuid=self.uuid, reason=e.get_error_message())
+            return None
+
+    def redefine_checkpoint(self, xml: str) -> None:
+        """(Re)define a checkpoint and prove its bitmaps sound.
+
+        libvirt checks that every disk still has the bitmap, consistent:
+        an unclean QEMU exit or a bitmap removed behind libvirt's back
+        fails here instead of giving a delta with holes.
+        """
+        with self._translated('validate a checkpoint'):
+            self._domain.checkpointCreateXML(
+                xml, libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE |
+                libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE)
+
+    def delete_checkpoint(self, name: str,
+                          metadata_only: bool = False) -> None:
+        """Delete a checkpoint if it is there.
+
+        Its bitmap is merged into its parent checkpoint's, so a backup
+        from an older checkpoint still sees every change.
+        """
+        flags = (libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+                 if metadata_only else 0)
+        try:
+            self._domain.checkpointLookupByName(name, 0).delete(flags)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
+                raise exception.HypervisorError(
+                    action='delete checkpoint %s' % name,
+                    instance_uuid=self.uuid, reason=e.get_error_message())
+
+    def checkpoints(self) -> List[str]:
+        with self._translated('list checkpoints'):
+            return [c.getName() for c in self._domain.listAllCheckpoints(0)]
 
     def backup_socket(self) -> Optional[str]:
         """The NBD socket of the domain's pull backup, if one runs.

@@ -55,6 +55,7 @@ import datetime
 from typing import Any, Dict, Tuple
 
 import vmsnap_driver
+from vmsnap_driver import glance
 
 # Nova keeps the base image's properties in system_metadata under this
 # prefix; these keys describe the base image's data, not the snapshot's,
@@ -72,14 +73,10 @@ MAX_VALUE_LENGTH = 255
 MEMORY = 'memory'
 DIGEST_PROPERTY = 'vmsnap_content_sha256'
 # vmsnap properties a request may set on its image.
-REQUEST_PROPERTIES = frozenset(['vmsnap_memory'])
+REQUEST_PROPERTIES = frozenset(['vmsnap_memory', 'vmsnap_incremental'])
 # Glance's core and reserved fields, and what Nova and vmsnap write: a
 # request's metadata may set none of them.
-RESERVED = frozenset([
-    'id', 'name', 'status', 'visibility', 'owner', 'protected', 'checksum',
-    'size', 'virtual_size', 'container_format', 'disk_format', 'created_at',
-    'updated_at', 'deleted', 'deleted_at', 'locations', 'direct_url',
-    'min_ram', 'min_disk', 'tags', 'file', 'schema', 'self', 'stores',
+RESERVED = glance.CORE_FIELDS | frozenset([
     'image_type', 'instance_uuid', 'base_image_ref', 'image_location',
     'image_state', 'owner_id', 'user_id',
 ])

@@ -39,6 +39,23 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+def write_json(path: str, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON, durably and atomically."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(data, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
 class Record:
     """One operation's record; ``facts`` is what it has changed so far."""
 
@@ -53,19 +70,7 @@ class Record:
     def update(self, **facts: Any) -> None:
         """Record ``facts`` durably before the change they describe."""
         self.facts.update(facts)
-        directory = os.path.dirname(self.path)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
-        try:
-            with os.fdopen(fd, 'w') as f:
-                json.dump(self.facts, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_directory(directory)
+        write_json(self.path, self.facts)
 
     def remove(self) -> None:
         os.unlink(self.path)

@@ -56,7 +56,7 @@ def list_opts() -> list:
     return [(group, snapshot_opts)]
 
 
-GLANCE_FIELDS = ('os_hidden', 'visibility')
+GLANCE_FIELDS = ('os_hidden', 'visibility', 'protected', 'name')
 
 
 def _state_path() -> str:
@@ -119,8 +119,12 @@ class _NovaImages:
         return self._api.update(self._context, image_id, metadata, data)
 
     def set_properties(self, image_id: str, properties: dict) -> None:
+        properties = dict(properties)
+        core = {key: properties.pop(key) for key in GLANCE_FIELDS
+                if key in properties}
         self._api.update(self._context, image_id,
-                         {'properties': properties}, purge_props=False)
+                         dict(core, properties=properties),
+                         purge_props=False)
 
 
 class LibvirtDriver(libvirt_driver.LibvirtDriver):

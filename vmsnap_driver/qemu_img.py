@@ -129,6 +129,18 @@ def rebase(path: str, backing_file: str, backing_format: str) -> None:
              '-F', backing_format, path, prlimit=UNTRUSTED_LIMITS)
 
 
+def set_backing(path: str, backing_file: str, backing_format: str) -> None:
+    """Name ``path``'s backing file, writing nothing else (``rebase -u``).
+
+    For a delta put back on its parent: the delta holds exactly what
+    differs from it.  Only on files vmsnap inspected first.
+    """
+    _check_format(backing_format)
+    _execute('qemu-img', 'rebase', '-q', '-u', '-f', 'qcow2', '-b',
+             backing_file, '-F', backing_format, path,
+             prlimit=QEMU_IMG_LIMITS)
+
+
 def convert_nbd(socket_path: str, export: str, dest: str, dest_format: str,
                 compress: bool = False) -> None:
     """Copy an NBD export (raw disk content) into a flat image file.

@@ -9,8 +9,9 @@ only what the record says vmsnap changed:
 - a snapshot: thaw the filesystems it froze, cancel the block copy or end
   the backup job it started (recognised by its destination file or NBD
   socket, never another's), restore the guest it saved, resume the guest it
-  paused (a guest the user paused stays paused), remove its workspace, and
-  delete the images it created that never became ``active``;
+  paused (a guest the user paused stays paused), delete the checkpoint it
+  created unless its chain kept it, remove its workspace, and delete the
+  images it created that never became ``active``;
 - a revert: :func:`vmsnap_driver.restore.settle` keeps a guest that runs
   on its new disks, or puts the old disks back and restores the guest from
   its safety save.
@@ -28,6 +29,7 @@ from typing import Any, Callable, ContextManager, List, Optional
 from oslo_log import log as logging
 
 from vmsnap_driver.capture import cold
+from vmsnap_driver import chains
 from vmsnap_driver import exception
 from vmsnap_driver import glance
 from vmsnap_driver import guest as guest_mod
@@ -64,12 +66,12 @@ def recover(host: Any, images: Any, state_path: str,
         with lock(record.facts.get('instance_uuid') or '-'):
             if not os.path.exists(record.path):
                 continue
-            outcomes.append(_recover_one(host, images, record))
+            outcomes.append(_recover_one(host, images, record, state_path))
     return outcomes
 
 
-def _recover_one(host: Any, images: Any,
-                 record: journal.Record) -> Outcome:
+def _recover_one(host: Any, images: Any, record: journal.Record,
+                 state_path: str) -> Outcome:
     facts = record.facts
     uuid = facts.get('instance_uuid')
     LOG.warning('Found the record of an unfinished %(kind)s (%(id)s): '
@@ -84,7 +86,7 @@ def _recover_one(host: Any, images: Any,
         if facts.get('kind') == restore.KIND:
             settled = _revert(guest, facts)
         else:
-            settled = _snapshot(guest, facts, images)
+            settled = _snapshot(guest, facts, images, state_path)
     except Exception as e:  # one record must not stop the others
         LOG.error('Recovery of %(id)s failed: %(error)s; the record is '
                   'kept, run "vmsnap recover" again once the cause is '
@@ -108,9 +110,11 @@ def _remove_tree(path: Optional[str]) -> None:
 
 
 def _snapshot(guest: Optional[guest_mod.Guest], facts: dict,
-              images: Any) -> bool:
+              images: Any, state_path: str) -> bool:
     if guest is not None:
         _give_back(guest, facts)
+        if facts.get('checkpoint'):
+            chains.settle(guest, state_path, facts['checkpoint'])
     for image_id in facts.get('images', []):
         try:
             status = images.get(image_id).get('status')

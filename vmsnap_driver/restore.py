@@ -8,7 +8,8 @@ in three steps, and only the last one touches the guest:
    this very guest, whose every disk (its group) is a file disk of the
    domain and whose memory state, if any, fits the domain (machine type,
    CPU, RAM).
-2. :meth:`Revert.stage` downloads each disk image, inspects it as
+2. :meth:`Revert.stage` downloads each disk image (a delta with the chain
+   under it: :func:`vmsnap_driver.chains.assemble`), inspects it as
    untrusted, and rebuilds it beside the disk it will replace, in that
    disk's format and on that disk's own backing file (only what differs
    from the backing is written); its content digest must equal the
@@ -36,12 +37,12 @@ from xml.etree import ElementTree
 from oslo_log import log as logging
 
 from vmsnap_driver.capture import base as capture_base
+from vmsnap_driver import chains
 from vmsnap_driver import digest
 from vmsnap_driver import exception
 from vmsnap_driver import glance
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import image_properties
-from vmsnap_driver import image_safety
 from vmsnap_driver import journal
 from vmsnap_driver import memory_image
 from vmsnap_driver import qemu_img
@@ -58,10 +59,15 @@ Progress = Callable[[int], None]
 
 @dataclasses.dataclass
 class DiskTarget:
-    """One guest disk and the snapshot image that will replace it."""
+    """One guest disk and the snapshot image that will replace it.
+
+    ``lineage`` is the image's chain from its full snapshot up to it
+    (the image alone, for a full snapshot).
+    """
 
     disk: guest_mod.Disk
     image: dict
+    lineage: List[dict]
 
 
 @dataclasses.dataclass
@@ -75,7 +81,7 @@ class Plan:
     state: str
 
     def download_bytes(self) -> int:
-        sizes = [t.image.get('size') or 0 for t in self.disks]
+        sizes = [i.get('size') or 0 for t in self.disks for i in t.lineage]
         if self.memory:
             sizes.append(int(self.memory.get('vmsnap_memory_size') or 0))
         return sum(sizes)
@@ -122,7 +128,11 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str,
                 or disk.readonly or disk.format not in qemu_img.FORMATS):
             refuse('the snapshot holds disk %s, which the domain no longer '
                    'has as a writable qcow2 or raw file' % target)
-        targets.append(DiskTarget(disk, member))
+        try:
+            lineage = chains.lineage(images, member)
+        except exception.ChainBroken as e:
+            refuse(str(e))
+        targets.append(DiskTarget(disk, member, lineage))
     memory = None
     if image.get(memory_image.LINK_PROPERTY):
         memory = images.get(image[memory_image.LINK_PROPERTY])
@@ -216,18 +226,12 @@ class Revert:
         """Every disk beside its original and the memory state, proven."""
         for target, names in zip(self.plan.disks, files):
             image = target.image
-            download = os.path.join(workdir, target.disk.target)
-            served = glance.download(self._images, image, download,
-                                     self._progress)
-            if image.get('os_hash_value') not in (None, served):
-                raise exception.ImageCorrupt(
-                    image_id=image['id'], reason='the bytes Glance served '
-                    'are not the ones it stored')
-            image_safety.check(download, image.get('disk_format'),
-                               image['id'])
-            _rebuild(download, image['disk_format'], target.disk,
+            downloads = chains.assemble(self._images, image, workdir,
+                                        self._progress)
+            _rebuild(downloads[-1], image['disk_format'], target.disk,
                      names['staged'])
-            os.unlink(download)
+            for download in downloads:
+                os.unlink(download)
             actual = digest.of_file(names['staged'], target.disk.format)
             if actual != image[DIGEST_PROPERTY]:
                 raise exception.ImageCorrupt(
@@ -389,6 +393,7 @@ def revert(guest: guest_mod.Guest, images: Any, image_id: str,
              instance_uuid=guest.uuid)
     Revert(the_plan, images, state_path, snapshots_directory,
            progress).run()
+    chains.reverted(guest, state_path)
     LOG.info('Reverted to snapshot %s: the guest is %s', image_id,
              guest.state(), instance_uuid=guest.uuid)
     return the_plan

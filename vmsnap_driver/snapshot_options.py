@@ -70,6 +70,23 @@ snapshot_opts = [
                      'may ask for it, or not, with the image property '
                      'vmsnap_memory=true|false, which wins over this '
                      'option. Shut-off guests have no memory to capture.'),
+    cfg.BoolOpt('incremental',
+                default=False,
+                help='Take incremental snapshots: the first of a chain is '
+                     'full and starts a checkpoint (a persistent dirty '
+                     'bitmap in the qcow2); each next one uploads only the '
+                     'clusters changed since its parent\'s checkpoint, as a '
+                     'qcow2 delta that is restored with its parents. A '
+                     'request may ask for it, or not, with the image '
+                     'property vmsnap_incremental=true|false, which wins '
+                     'over this option. Whenever a delta cannot be trusted '
+                     'the snapshot is full and vmsnap_mode_reason says why.'),
+    cfg.IntOpt('max_chain_length',
+               default=7,
+               min=1,
+               help='Images in one chain, the full one included; the next '
+                    'incremental snapshot starts a new chain. Longer chains '
+                    'upload less but take longer to restore.'),
     cfg.StrOpt('memory_seal_key_file',
                default='$state_path/memory-seal.key',
                help='File holding the secret that seals memory images: '

@@ -6,7 +6,9 @@ and refers to no other file (oslo.utils' format inspector: an image read
 back from Glance is untrusted, so this comes before qemu opens it); it is a
 sound qcow2 (``qemu-img check``, under resource limits); and its virtual
 disk's content has the sha256 vmsnap recorded when it took the snapshot.
-A memory image is checked against the sha256 of its uncompressed state.
+A memory image is checked against the sha256 of its uncompressed state; a
+delta of a chain is put back on its parents, and the disk they make is
+checked.
 """
 
 import dataclasses
@@ -17,6 +19,7 @@ from typing import List, Optional
 
 from oslo_concurrency import processutils
 
+from vmsnap_driver import chains
 from vmsnap_driver import digest
 from vmsnap_driver import exception
 from vmsnap_driver import glance
@@ -100,6 +103,10 @@ def verify(images: glance.ImageService, image_id: str,
                                 'the image has no %s property: it was not '
                                 'taken by vmsnap' % DIGEST_PROPERTY))
         else:
+            if chains.is_delta(image):
+                path = _rebuild_chain(images, image, directory, checks)
+                if path is None:
+                    return Verdict(image_id, checks)
             actual = digest.of_file(path, fmt, untrusted=True)
             checks.append(Check(
                 'content sha256', actual == expected,
@@ -110,6 +117,22 @@ def verify(images: glance.ImageService, image_id: str,
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return Verdict(image_id, checks)
+
+
+def _rebuild_chain(images: glance.ImageService, image: dict,
+                   directory: str, checks: List[Check]) -> Optional[str]:
+    """A delta put back on its parents; the top file, or None."""
+    workdir = os.path.join(directory, 'chain')
+    os.mkdir(workdir)
+    try:
+        paths = chains.assemble(images, image, workdir)
+    except (exception.ChainBroken, exception.ImageCorrupt) as e:
+        checks.append(Check('chain', False, str(e)))
+        return None
+    checks.append(Check('chain', True, 'rebuilt from %d images, full one '
+                        'first: %s' % (len(paths), ' <- '.join(
+                            os.path.basename(p) for p in paths))))
+    return paths[-1]
 
 
 def _memory_check(image: dict, path: str, directory: str) -> Check:

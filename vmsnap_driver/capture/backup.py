@@ -22,17 +22,23 @@ from vmsnap_driver import journal
 
 LOG = logging.getLogger(__name__)
 
+# The bitmap libvirt exports with an incremental backup of a disk.
+EXPORT_BITMAP = 'backup-%s'
+
 
 @contextlib.contextmanager
 def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                workdir: str, qemu_owner: Optional[Tuple[int, int]],
                freeze: base.Freeze = contextlib.nullcontext,
-               record: Optional[journal.Record] = None) -> Iterator[str]:
+               record: Optional[journal.Record] = None,
+               checkpoint: Optional[base.Checkpoint] = None
+               ) -> Iterator[str]:
     """Export ``disks`` as they are now; yield the NBD socket path.
 
     Each disk is an export named after its target.  QEMU creates the
     socket and the scratch files itself, as the user it runs as, so their
-    directory belongs to that user.
+    directory belongs to that user.  A ``checkpoint`` is created at the
+    same instant, and outlives the job: its owner deletes it or keeps it.
     """
     directory = os.path.join(workdir, 'backup')
     os.mkdir(directory, 0o700)
@@ -41,12 +47,16 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
     socket_path = os.path.join(directory, 'nbd.sock')
     targets = [disk.target for disk in disks]
     record = journal.unrecorded(record)
-    record.update(backup_socket=socket_path)
+    record.update(backup_socket=socket_path,
+                  **({'checkpoint': checkpoint.name} if checkpoint else {}))
     with freeze():
         try:
-            guest.backup_begin(targets, socket_path, directory)
+            guest.backup_begin(
+                targets, socket_path, directory,
+                incremental=checkpoint.since if checkpoint else None,
+                checkpoint=checkpoint.name if checkpoint else None)
         except Exception:
-            record.update(backup_socket=None)
+            record.update(backup_socket=None, checkpoint=None)
             raise
     LOG.debug('Disks %(disks)s exported over NBD at %(socket)s',
               {'disks': targets, 'socket': socket_path},
@@ -68,10 +78,14 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
 
 
 def views(disks: List[guest_mod.Disk], socket_path: str,
-          started: datetime.datetime,
-          captured: datetime.datetime) -> List[base.DiskView]:
+          started: datetime.datetime, captured: datetime.datetime,
+          checkpoint: Optional[base.Checkpoint] = None
+          ) -> List[base.DiskView]:
+    incremental = checkpoint is not None and checkpoint.since is not None
     return [base.DiskView(started_at=started, captured_at=captured,
-                          nbd_socket=socket_path, nbd_export=disk.target)
+                          nbd_socket=socket_path, nbd_export=disk.target,
+                          dirty_bitmap=EXPORT_BITMAP % disk.target
+                          if incremental else None)
             for disk in disks]
 
 
@@ -103,7 +117,7 @@ class BackupCapture(base.Capture):
                 ) -> Iterator[List[base.DiskView]]:
         started = base.utcnow()
         with nbd_export(guest, disks, workdir, self.qemu_owner,
-                        freeze, record) as sock:
+                        freeze, record, self.checkpoint) as sock:
             captured = base.utcnow()
             LOG.info('Disks %(disks)s of guest %(name)s frozen in time for '
                      'a live snapshot in %(secs).3f s',
@@ -111,4 +125,4 @@ class BackupCapture(base.Capture):
                       'name': guest.name,
                       'secs': (captured - started).total_seconds()},
                      instance_uuid=guest.uuid)
-            yield views(disks, sock, started, captured)
+            yield views(disks, sock, started, captured, self.checkpoint)

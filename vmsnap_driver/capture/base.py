@@ -40,6 +40,20 @@ class DiskView:
     format: Optional[str] = None
     nbd_socket: Optional[str] = None
     nbd_export: Optional[str] = None
+    # With an incremental backup: the export's bitmap of what changed.
+    dirty_bitmap: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint a backup creates at its instant.
+
+    ``since`` is the earlier checkpoint whose changes the export carries
+    (an incremental backup), or None.
+    """
+
+    name: str
+    since: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +74,10 @@ class MemoryState:
 MEMORY_FILE = 'memory.save'
 
 # What captures record in the operation's journal record while it is true:
-# a backup job's socket, a block copy, a pause, a save, a freeze.
+# a backup job's socket, a block copy, a pause, a save, a freeze, a
+# checkpoint not yet part of a chain.
 RECORDED_CHANGES = ('backup_socket', 'block_copy', 'paused', 'saved',
-                    'frozen')
+                    'frozen', 'checkpoint')
 
 
 Freeze = Callable[[], ContextManager[None]]
@@ -119,6 +134,9 @@ class Capture(abc.ABC):
     # Set by captures that also save the guest's memory, once capture()
     # has yielded: what the memory image is made of.
     memory: Optional[MemoryState] = None
+    # Set by the engine, for captures that run a backup job (chains):
+    # the checkpoint to create at the capture's instant.
+    checkpoint: Optional[Checkpoint] = None
 
     @classmethod
     def from_conf(cls, options: Any,

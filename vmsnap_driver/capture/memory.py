@@ -122,7 +122,8 @@ class MemoryCapture(base.Capture):
             raise
         try:
             with backup.nbd_export(guest, disks, workdir,
-                                   self.qemu_owner, record=record) as sock:
+                                   self.qemu_owner, record=record,
+                                   checkpoint=self.checkpoint) as sock:
                 captured = base.utcnow()
                 if paused:
                     base.resume(guest, state)
@@ -136,7 +137,8 @@ class MemoryCapture(base.Capture):
                          {'disks': ', '.join(d.target for d in disks),
                           'name': guest.name, 'pause': pause},
                          instance_uuid=guest.uuid)
-                yield backup.views(disks, sock, started, captured)
+                yield backup.views(disks, sock, started, captured,
+                                   self.checkpoint)
         finally:
             if paused:
                 base.resume(guest, state)

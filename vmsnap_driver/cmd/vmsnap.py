@@ -2,17 +2,22 @@
 
 ``vmsnap verify IMAGE_ID`` checks a snapshot image; ``vmsnap revert SERVER
 IMAGE_ID`` brings a local guest back to one of its snapshots, as ``openstack
-server rebuild`` does through vmsnap-compute.  It reads the same
+server rebuild`` does through vmsnap-compute; ``vmsnap chain SERVER`` lists
+a server's snapshot chains and ``vmsnap flatten IMAGE_ID --name NAME``
+writes one point of a chain as a full image.  It reads the same
 configuration as the service (``--config-file``).
 """
 
 import os
+import shutil
 import sys
+import tempfile
 from typing import List, Optional
 
 from oslo_config import cfg
 from stevedore import driver as stevedore_driver
 
+from vmsnap_driver import chains
 from vmsnap_driver.compute import manager
 from vmsnap_driver import config
 from vmsnap_driver import exception
@@ -40,6 +45,19 @@ def _add_parsers(subparsers) -> None:
     parser.add_argument('image_id', help='A snapshot of that guest.')
     parser.add_argument('--no-progress', action='store_true',
                         help='Do not draw a progress bar.')
+    parser = subparsers.add_parser(
+        'flatten', help='Write one point of a snapshot chain (a delta and '
+                        'the images under it) as one full, bootable image; '
+                        'prints its id.')
+    parser.add_argument('image_id')
+    parser.add_argument('--name', required=True,
+                        help='Name of the new image.')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='Do not draw a progress bar.')
+    parser = subparsers.add_parser(
+        'chain', help='List the snapshot chains of a server: each image, '
+                      'its parent, depth, size and time.')
+    parser.add_argument('server', help='Domain name or UUID.')
     subparsers.add_parser(
         'recover', help='Finish or undo what a killed vmsnap left (a '
                         'saved or paused guest, a backup job, a half-done '
@@ -89,13 +107,63 @@ def _recover() -> int:
     return 0 if all(o.settled for o in outcomes) else 1
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    CONF.register_cli_opt(command_opt)
-    config.parse_args(sys.argv[1:] if argv is None else argv)
-    if CONF.command.name == 'revert':
-        return _revert()
-    if CONF.command.name == 'recover':
-        return _recover()
+def _workdir() -> str:
+    """Scratch space for downloads, where snapshots go (sized for disks)."""
+    os.makedirs(CONF.libvirt.snapshots_directory, mode=0o711, exist_ok=True)
+    return tempfile.mkdtemp(prefix='vmsnap-cli-',
+                            dir=CONF.libvirt.snapshots_directory)
+
+
+def _flatten() -> int:
+    images = glance.ImageService(CONF)
+    workdir = _workdir()
+    try:
+        image = images.get(CONF.command.image_id)
+        size = sum(i.get('size') or 0 for i in chains.lineage(images, image))
+        bar = progress.Progress(size, 'downloading',
+                                enabled=not CONF.command.no_progress)
+        image_id = chains.flatten(images, CONF.command.image_id,
+                                  CONF.command.name, workdir, bar.update)
+        bar.finish()
+    except exception.VmsnapException as e:
+        print('ERROR: %s' % e, file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(image_id)
+    return 0
+
+
+def _chain() -> int:
+    try:
+        guest = host_mod.Host(CONF.libvirt.connection_uri).lookup(
+            CONF.command.server)
+        found = glance.ImageService(CONF).list(instance_uuid=guest.uuid)
+    except exception.VmsnapException as e:
+        print('ERROR: %s' % e, file=sys.stderr)
+        return 1
+    linked = sorted((i for i in found if i.get(chains.CHAIN_ID_PROPERTY)),
+                    key=lambda i: (i.get('created_at') or '',))
+    order = {}
+    for image in linked:
+        order.setdefault(image[chains.CHAIN_ID_PROPERTY], len(order))
+    linked.sort(key=lambda i: (order[i[chains.CHAIN_ID_PROPERTY]],
+                               int(i.get(chains.DEPTH_PROPERTY) or 0)))
+    row = '%-36s %5s  %-36s %-36s %12s  %-8s %s'
+    print(row % ('chain', 'depth', 'image', 'parent', 'size', 'status',
+                 'created'))
+    for image in linked:
+        print(row % (image[chains.CHAIN_ID_PROPERTY],
+                     image.get(chains.DEPTH_PROPERTY, ''), image['id'],
+                     image.get(chains.PARENT_PROPERTY) or '-',
+                     image.get('size') or 0, image.get('status'),
+                     image.get('created_at')))
+    if not linked:
+        print('server %s has no snapshot chain' % guest.name)
+    return 0
+
+
+def _verify() -> int:
     images = glance.ImageService(CONF)
     try:
         # The download is a full image: put it where snapshots go, which
@@ -114,6 +182,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     print('image %s: %s' % (
         verdict.image_id, 'VERIFIED' if verdict.ok else 'MISMATCH'))
     return 0 if verdict.ok else 1
+
+
+COMMANDS = {'verify': _verify, 'revert': _revert, 'recover': _recover,
+            'flatten': _flatten, 'chain': _chain}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    CONF.register_cli_opt(command_opt)
+    config.parse_args(sys.argv[1:] if argv is None else argv)
+    return COMMANDS[CONF.command.name]()
 
 
 if __name__ == '__main__':

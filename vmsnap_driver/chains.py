@@ -1,0 +1,432 @@
+"""Snapshot chains: upload only the clusters changed since the last one.
+
+The first snapshot of a chain is full and creates a libvirt checkpoint at
+its instant (a persistent dirty bitmap in the qcow2).  The next is taken
+with the backup API from that checkpoint, creating the next one at the same
+instant: its NBD export carries the bitmap of what changed, and
+:func:`vmsnap_driver.image_stream.qcow2_delta` uploads those clusters only,
+as a qcow2 with no backing reference (Glance refuses one).  Restoring a
+point means putting each delta back on its parent, from the full image up
+(:func:`assemble`); its ``vmsnap_content_sha256`` is of the whole disk, so
+the rebuilt disk is proven equal to the guest's at that instant.
+
+A delta is trusted only when everything it rests on is: its parent image
+is active in Glance, the checkpoint is the one the parent recorded and its
+bitmap is sound (redefined from this host's record and validated by libvirt,
+which forgets checkpoints when a domain is undefined and finds a bitmap
+broken after an unclean QEMU exit), the disk is the same qcow2 at the same
+size, the server was not reverted since, and the chain is not full.
+Otherwise the snapshot is full, starts a new chain, and says why in
+``vmsnap_mode_reason``.  A memory snapshot always starts one: libvirt 9.0
+cannot read changed blocks while the guest is paused for its memory state.
+
+The host keeps one record per server under ``<state_path>/chains``: the
+chain's last image, its checkpoint and that checkpoint's definition.  Only
+the newest checkpoint is kept in libvirt: deleting an older one merges its
+bitmap into its parent's, so no change is ever lost from tracking.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional
+import uuid as uuidlib
+from xml.etree import ElementTree
+
+from oslo_log import log as logging
+from oslo_utils import strutils
+
+from vmsnap_driver import digest
+from vmsnap_driver import exception
+from vmsnap_driver import glance
+from vmsnap_driver import guest as guest_mod
+from vmsnap_driver import image_properties
+from vmsnap_driver import image_safety
+from vmsnap_driver import journal
+from vmsnap_driver import qemu_img
+
+LOG = logging.getLogger(__name__)
+
+REQUEST_PROPERTY = 'vmsnap_incremental'
+CHAIN_ID_PROPERTY = 'vmsnap_chain_id'
+PARENT_PROPERTY = 'vmsnap_parent_image_id'
+DEPTH_PROPERTY = 'vmsnap_chain_depth'
+CHECKPOINT_PROPERTY = 'vmsnap_checkpoint'
+DELTA_PROPERTY = 'vmsnap_delta'
+CHAIN_PROPERTIES = (CHAIN_ID_PROPERTY, PARENT_PROPERTY, DEPTH_PROPERTY,
+                    CHECKPOINT_PROPERTY, DELTA_PROPERTY)
+
+# Checkpoints vmsnap creates are named for their snapshot's image.
+CHECKPOINT_PREFIX = 'vmsnap-'
+DIRECTORY = 'chains'
+# Captures that run a backup job, which alone can create checkpoints.
+CAPTURE_METHODS = ('backup', 'memory+backup')
+# A lineage longer than this is a loop in edited properties, not a chain.
+MAX_LINEAGE = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """This snapshot's place in a chain, decided before the capture.
+
+    ``checkpoint`` is created at the capture's instant (None: the snapshot
+    is in no chain); a delta has its ``parent`` image.
+    """
+
+    requested: bool
+    reason: str = ''
+    name: str = ''
+    checkpoint: Optional[str] = None
+    parent: Optional[dict] = None
+    chain_id: Optional[str] = None
+    depth: int = 0
+
+    @property
+    def delta(self) -> bool:
+        return self.parent is not None
+
+    @property
+    def incremental_from(self) -> Optional[str]:
+        return self.parent[CHECKPOINT_PROPERTY] if self.parent else None
+
+    def properties(self) -> Dict[str, str]:
+        if not self.requested:
+            return {}
+        properties = {DELTA_PROPERTY: str(self.delta).lower()}
+        if self.checkpoint:
+            properties.update({CHAIN_ID_PROPERTY: self.chain_id,
+                               DEPTH_PROPERTY: str(self.depth),
+                               CHECKPOINT_PROPERTY: self.checkpoint})
+        if self.delta:
+            properties[PARENT_PROPERTY] = self.parent['id']
+        return properties
+
+
+def requested(image: dict, options: Any) -> bool:
+    """The request's vmsnap_incremental property, else the configuration."""
+    asked = image.get(REQUEST_PROPERTY)
+    if asked is None:
+        return bool(options.incremental)
+    return strutils.bool_from_string(asked)
+
+
+def plan(guest: guest_mod.Guest, images: Any, state_path: str,
+         options: Any, image: dict, disks: List[guest_mod.Disk],
+         virtual_size: int, method: str, image_format: str,
+         compressed: bool, memory: bool) -> Link:
+    """Where this snapshot goes in its server's chain, and why.
+
+    Validating the parent's checkpoint may redefine it in libvirt (from
+    this host's record); nothing else is changed.
+    """
+    if not requested(image, options):
+        return Link(requested=False)
+
+    def outside(reason: str) -> Link:
+        return Link(True, 'full snapshot in no chain: ' + reason)
+
+    if len(disks) != 1:
+        return outside('a chain follows one disk; this snapshot captures '
+                       '%d' % len(disks))
+    disk = disks[0]
+    if method not in CAPTURE_METHODS:
+        return outside('changed blocks are read through a running guest\'s '
+                       'backup job; this snapshot is taken by %s' % method)
+    if disk.format != 'qcow2':
+        return outside('disk %s is %s: only a qcow2 disk keeps a persistent '
+                       'dirty bitmap' % (disk.target, disk.format))
+    if image_format != 'qcow2' or compressed:
+        return outside('a delta is an uncompressed qcow2 image; '
+                       'snapshot_image_format or snapshot_compression say '
+                       'otherwise')
+    name = image.get('name') or ''
+    checkpoint = CHECKPOINT_PREFIX + image['id']
+    record = _read(state_path, guest.uuid)
+    reason = ('a memory snapshot starts a new chain: libvirt cannot read '
+              'changed blocks while the guest is paused for its memory '
+              'state' if memory else
+              _why_not_delta(guest, images, options, record, disk,
+                             virtual_size))
+    if isinstance(reason, str):
+        return Link(True, 'full snapshot, new chain: ' + reason, name,
+                    checkpoint, chain_id=str(uuidlib.uuid4()))
+    parent = reason
+    return Link(True, 'incremental since snapshot %s (checkpoint %s)'
+                % (parent['id'], parent[CHECKPOINT_PROPERTY]), name,
+                checkpoint, parent=parent, chain_id=record['chain_id'],
+                depth=record['depth'] + 1)
+
+
+def _why_not_delta(guest: guest_mod.Guest, images: Any, options: Any,
+                   record: Optional[dict], disk: guest_mod.Disk,
+                   virtual_size: int) -> Any:
+    """The parent image a delta can rest on, or why there is none."""
+    if record is None:
+        return 'no earlier snapshot of this server\'s chain on this host'
+    parent_id = record['image_id']
+    if record.get('reverted'):
+        return 'the server was reverted since snapshot %s' % parent_id
+    if (record['disk'], record['path']) != (disk.target, disk.path):
+        return ('the chain followed disk %s (%s), not %s (%s)'
+                % (record['disk'], record['path'], disk.target, disk.path))
+    if record['virtual_size'] != virtual_size:
+        return ('disk %s was resized since snapshot %s (%d to %d bytes)'
+                % (disk.target, parent_id, record['virtual_size'],
+                   virtual_size))
+    if record['depth'] + 1 >= options.max_chain_length:
+        return ('chain %s already holds max_chain_length (%d) images'
+                % (record['chain_id'], options.max_chain_length))
+    try:
+        parent = images.get(parent_id)
+    except exception.ImageNotFound:
+        return 'the parent snapshot %s is gone from Glance' % parent_id
+    if parent.get('status') != glance.ACTIVE:
+        return 'the parent snapshot %s is %s, not active' % (
+            parent_id, parent.get('status'))
+    if (parent.get(CHECKPOINT_PROPERTY) != record['checkpoint']
+            or parent.get(CHAIN_ID_PROPERTY) != record['chain_id']):
+        return ('the parent snapshot %s does not record checkpoint %s of '
+                'chain %s' % (parent_id, record['checkpoint'],
+                              record['chain_id']))
+    try:
+        guest.redefine_checkpoint(record['checkpoint_xml'])
+    except exception.HypervisorError as e:
+        _forget_checkpoint(guest, record['checkpoint'])
+        return ('checkpoint %s is missing or not valid (%s)'
+                % (record['checkpoint'], e.kwargs.get('reason', e)))
+    return parent
+
+
+def commit(guest: guest_mod.Guest, images: Any, state_path: str,
+           link: Link, image_id: str, disk: guest_mod.Disk,
+           virtual_size: int, record: journal.Record) -> None:
+    """The snapshot is active: make it the chain's newest point."""
+    if not link.checkpoint:
+        return
+    for name in guest.checkpoints():
+        if name.startswith(CHECKPOINT_PREFIX) and name != link.checkpoint:
+            _forget_checkpoint(guest, name)
+    _write(state_path, guest.uuid, {
+        'chain_id': link.chain_id, 'image_id': image_id,
+        'depth': link.depth, 'checkpoint': link.checkpoint,
+        'checkpoint_xml': _standalone(guest.checkpoint_xml(link.checkpoint)),
+        'disk': disk.target, 'path': disk.path,
+        'virtual_size': virtual_size})
+    record.update(checkpoint=None)
+    if link.delta:
+        # Glance keeps a parent while it has children; its owner can
+        # still unprotect it, and every restore then names the gap.
+        images.set_properties(link.parent['id'], {'protected': True})
+        images.set_properties(image_id, {
+            'name': '%s (vmsnap delta %d of chain %s, not bootable alone)'
+                    % (link.name or 'snapshot', link.depth,
+                       link.chain_id[:8])})
+    LOG.info('Snapshot %(image)s is point %(depth)d of chain %(chain)s '
+             '(checkpoint %(checkpoint)s)',
+             {'image': image_id, 'depth': link.depth,
+              'chain': link.chain_id, 'checkpoint': link.checkpoint},
+             instance_uuid=guest.uuid)
+
+
+def abandon(guest: guest_mod.Guest, link: Link,
+            record: journal.Record) -> None:
+    """The snapshot failed: drop its checkpoint, keep the parent's usable.
+
+    Deleting the new checkpoint merges its bitmap into the parent's, which
+    then again covers every change since the parent.  Called on an error
+    path: a failure here is logged, the record keeps the checkpoint for
+    recovery, and the snapshot's own error goes on.
+    """
+    if not link.checkpoint:
+        return
+    try:
+        guest.delete_checkpoint(link.checkpoint)
+    except exception.HypervisorError as e:
+        LOG.error('Checkpoint %(name)s of the failed snapshot could not be '
+                  'deleted: %(error)s', {'name': link.checkpoint, 'error': e},
+                  instance_uuid=guest.uuid)
+        return
+    record.update(checkpoint=None)
+
+
+def settle(guest: guest_mod.Guest, state_path: str, checkpoint: str) -> None:
+    """Recovery: drop a killed snapshot's checkpoint unless it was kept."""
+    record = _read(state_path, guest.uuid)
+    if record and record['checkpoint'] == checkpoint:
+        return
+    guest.delete_checkpoint(checkpoint)
+    LOG.info('Checkpoint %s of an unfinished snapshot deleted', checkpoint,
+             instance_uuid=guest.uuid)
+
+
+def reverted(guest: guest_mod.Guest, state_path: str) -> None:
+    """The guest's disks were replaced: no delta may rest on them.
+
+    The new files have no bitmaps; the checkpoints' definitions go too.
+    """
+    record = _read(state_path, guest.uuid)
+    if record:
+        record['reverted'] = True
+        _write(state_path, guest.uuid, record)
+    for name in guest.checkpoints():
+        if name.startswith(CHECKPOINT_PREFIX):
+            guest.delete_checkpoint(name, metadata_only=True)
+
+
+def _standalone(xml: str) -> str:
+    """A checkpoint's definition without its parent, which may be gone.
+
+    Redefining a checkpoint whose parent libvirt does not know fails;
+    only the newest checkpoint is kept, so it needs none.
+    """
+    root = ElementTree.fromstring(xml)
+    for parent in root.findall('parent'):
+        root.remove(parent)
+    return ElementTree.tostring(root, encoding='unicode')
+
+
+def _forget_checkpoint(guest: guest_mod.Guest, name: str) -> None:
+    """Delete a checkpoint; only its definition if its bitmap is broken."""
+    try:
+        guest.delete_checkpoint(name)
+    except exception.HypervisorError:
+        try:
+            guest.delete_checkpoint(name, metadata_only=True)
+        except exception.HypervisorError as e:
+            LOG.warning('Checkpoint %(name)s could not be deleted: '
+                        '%(error)s', {'name': name, 'error': e},
+                        instance_uuid=guest.uuid)
+
+
+def _path(state_path: str, instance_uuid: str) -> str:
+    directory = os.path.join(state_path, DIRECTORY)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    return os.path.join(directory, '%s.json' % instance_uuid)
+
+
+def _read(state_path: str, instance_uuid: str) -> Optional[dict]:
+    try:
+        with open(_path(state_path, instance_uuid)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        LOG.warning('The chain record of %s is unreadable: the next '
+                    'incremental snapshot starts a new chain', instance_uuid)
+        return None
+
+
+def _write(state_path: str, instance_uuid: str, data: dict) -> None:
+    journal.write_json(_path(state_path, instance_uuid), data)
+
+
+# -- restoring a point ------------------------------------------------------
+
+def is_delta(image: dict) -> bool:
+    return strutils.bool_from_string(image.get(DELTA_PROPERTY))
+
+
+def lineage(images: Any, image: dict) -> List[dict]:
+    """The chain's images from its full one up to ``image``.
+
+    Raises ChainBroken naming the missing or wrong link: a point is
+    restored whole or not at all.
+    """
+    chain = [image]
+    while is_delta(chain[0]):
+        child = chain[0]
+
+        def broken(reason: str) -> exception.ChainBroken:
+            return exception.ChainBroken(
+                image_id=image['id'], reason='%s, the parent of %s (depth '
+                '%s of chain %s), %s' % (
+                    child.get(PARENT_PROPERTY), child['id'],
+                    child.get(DEPTH_PROPERTY),
+                    child.get(CHAIN_ID_PROPERTY), reason))
+        if len(chain) > MAX_LINEAGE:
+            raise broken('is part of a loop')
+        try:
+            parent = images.get(child.get(PARENT_PROPERTY) or '')
+        except exception.ImageNotFound:
+            raise broken('is gone from Glance')
+        if parent.get('status') != glance.ACTIVE:
+            raise broken('is %s, not active' % parent.get('status'))
+        try:
+            depths = int(parent.get(DEPTH_PROPERTY)), int(
+                child.get(DEPTH_PROPERTY))
+        except (TypeError, ValueError):
+            raise broken('records no chain depth')
+        if (parent.get(CHAIN_ID_PROPERTY) != child.get(CHAIN_ID_PROPERTY)
+                or depths[0] != depths[1] - 1
+                or parent.get('instance_uuid') != child.get('instance_uuid')
+                or parent.get('disk_format') != 'qcow2'):
+            raise broken('is not the qcow2 parent the chain records')
+        chain.insert(0, parent)
+    return chain
+
+
+def fetch(images: Any, image: dict, dest: str,
+          progress: Callable[[int], None]) -> None:
+    """Download one image and prove it safe to open (it is untrusted)."""
+    served = glance.download(images, image, dest, progress)
+    if image.get('os_hash_value') not in (None, served):
+        raise exception.ImageCorrupt(
+            image_id=image['id'], reason='the bytes Glance served are not '
+            'the ones it stored')
+    image_safety.check(dest, image.get('disk_format'), image['id'])
+
+
+def assemble(images: Any, image: dict, workdir: str,
+             progress: Callable[[int], None] = lambda _n: None
+             ) -> List[str]:
+    """Download ``image`` and the chain under it into ``workdir``.
+
+    Each file is inspected as untrusted before a backing reference is put
+    on it, by vmsnap, to the file of its parent: the last path reads as the
+    disk at ``image``'s instant.  Returns every path, full image first.
+    """
+    paths = []
+    for link in lineage(images, image):
+        path = os.path.join(workdir, link['id'])
+        fetch(images, link, path, progress)
+        if paths:
+            qemu_img.set_backing(path, paths[-1], 'qcow2')
+        paths.append(path)
+    return paths
+
+
+def flat_properties(image: dict) -> Dict[str, str]:
+    """A delta's properties, as those of a full snapshot of that point."""
+    properties = {key: value for key, value in image.items()
+                  if key not in glance.CORE_FIELDS
+                  and key not in CHAIN_PROPERTIES
+                  and isinstance(value, str)}
+    properties['vmsnap_flattened_from'] = image['id']
+    return properties
+
+
+def flatten(images: Any, image_id: str, name: str, workdir: str,
+            progress: Callable[[int], None] = lambda _n: None) -> str:
+    """Write point ``image_id`` as one full, bootable image; its id."""
+    image = images.get(image_id)
+    paths = assemble(images, image, workdir, progress)
+    flat = os.path.join(workdir, 'flat.qcow2')
+    qemu_img.convert(paths[-1], 'qcow2', flat, 'qcow2', untrusted=True)
+    actual = digest.of_file(flat, 'qcow2')
+    if actual != image.get(image_properties.DIGEST_PROPERTY):
+        raise exception.ImageCorrupt(
+            image_id=image_id, reason='the rebuilt point has content sha256 '
+            '%s, the snapshot recorded %s'
+            % (actual, image.get(image_properties.DIGEST_PROPERTY)))
+    created = images.create(name, flat_properties(image))
+    try:
+        with open(flat, 'rb') as data:
+            images.upload(created['id'], data, os.path.getsize(flat),
+                          'qcow2', {})
+    except Exception:
+        images.delete(created['id'])
+        raise
+    LOG.info('Point %(point)s of chain %(chain)s flattened into image '
+             '%(image)s', {'point': image_id, 'image': created['id'],
+                           'chain': image.get(CHAIN_ID_PROPERTY)})
+    return created['id']
