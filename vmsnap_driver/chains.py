@@ -22,8 +22,10 @@ cannot read changed blocks while the guest is paused for its memory state.
 
 The host keeps one record per server under ``<state_path>/chains``: the
 chain's last image, its checkpoint and that checkpoint's definition.  Only
-the newest checkpoint is kept in libvirt: deleting an older one merges its
-bitmap into its parent's, so no change is ever lost from tracking.
+the newest checkpoint's bitmap is kept (it records every write since its
+instant), and between snapshots not even its definition: libvirt refuses to
+undefine a stopped domain that has checkpoints, which would break Nova's
+hard reboot, resize and delete.  A snapshot redefines it from the record.
 """
 
 import dataclasses
@@ -35,6 +37,7 @@ from xml.etree import ElementTree
 
 from oslo_log import log as logging
 from oslo_utils import strutils
+from oslo_utils import uuidutils
 
 from vmsnap_driver import digest
 from vmsnap_driver import exception
@@ -116,8 +119,9 @@ def plan(guest: guest_mod.Guest, images: Any, state_path: str,
          compressed: bool, memory: bool) -> Link:
     """Where this snapshot goes in its server's chain, and why.
 
-    Validating the parent's checkpoint may redefine it in libvirt (from
-    this host's record); nothing else is changed.
+    Validating the parent's checkpoint redefines it in libvirt from this
+    host's record (a checkpoint that fails is deleted); :func:`commit` or
+    :func:`abandon` releases the definition again.
     """
     if not requested(image, options):
         return Link(requested=False)
@@ -189,6 +193,12 @@ def _why_not_delta(guest: guest_mod.Guest, images: Any, options: Any,
                 'chain %s' % (parent_id, record['checkpoint'],
                               record['chain_id']))
     try:
+        # A delta on a chain that cannot be restored would be worthless.
+        lineage(images, parent)
+    except exception.ChainBroken as e:
+        return 'the chain under snapshot %s is broken: %s' % (
+            parent_id, e.kwargs['reason'])
+    try:
         guest.redefine_checkpoint(record['checkpoint_xml'])
     except exception.HypervisorError as e:
         _forget_checkpoint(guest, record['checkpoint'])
@@ -200,12 +210,13 @@ def _why_not_delta(guest: guest_mod.Guest, images: Any, options: Any,
 def commit(guest: guest_mod.Guest, images: Any, state_path: str,
            link: Link, image_id: str, disk: guest_mod.Disk,
            virtual_size: int, record: journal.Record) -> None:
-    """The snapshot is active: make it the chain's newest point."""
+    """The snapshot is active: make it the chain's newest point.
+
+    Once the host's record names it, nothing here fails the snapshot:
+    tidying libvirt and marking Glance images are logged when they fail.
+    """
     if not link.checkpoint:
         return
-    for name in guest.checkpoints():
-        if name.startswith(CHECKPOINT_PREFIX) and name != link.checkpoint:
-            _forget_checkpoint(guest, name)
     _write(state_path, guest.uuid, {
         'chain_id': link.chain_id, 'image_id': image_id,
         'depth': link.depth, 'checkpoint': link.checkpoint,
@@ -213,11 +224,12 @@ def commit(guest: guest_mod.Guest, images: Any, state_path: str,
         'disk': disk.target, 'path': disk.path,
         'virtual_size': virtual_size})
     record.update(checkpoint=None)
+    _tidy(guest, keep=link.checkpoint)
     if link.delta:
         # Glance keeps a parent while it has children; its owner can
         # still unprotect it, and every restore then names the gap.
-        images.set_properties(link.parent['id'], {'protected': True})
-        images.set_properties(image_id, {
+        _mark(images, link.parent['id'], {'protected': True})
+        _mark(images, image_id, {
             'name': '%s (vmsnap delta %d of chain %s, not bootable alone)'
                     % (link.name or 'snapshot', link.depth,
                        link.chain_id[:8])})
@@ -232,8 +244,8 @@ def abandon(guest: guest_mod.Guest, link: Link,
             record: journal.Record) -> None:
     """The snapshot failed: drop its checkpoint, keep the parent's usable.
 
-    Deleting the new checkpoint merges its bitmap into the parent's, which
-    then again covers every change since the parent.  Called on an error
+    The parent's bitmap has recorded every write since its own instant,
+    so it covers the failed attempt's window too.  Called on an error
     path: a failure here is logged, the record keeps the checkpoint for
     recovery, and the snapshot's own error goes on.
     """
@@ -241,28 +253,28 @@ def abandon(guest: guest_mod.Guest, link: Link,
         return
     try:
         guest.delete_checkpoint(link.checkpoint)
+        record.update(checkpoint=None)
+        _tidy(guest, keep=None)
     except exception.HypervisorError as e:
         LOG.error('Checkpoint %(name)s of the failed snapshot could not be '
                   'deleted: %(error)s', {'name': link.checkpoint, 'error': e},
                   instance_uuid=guest.uuid)
-        return
-    record.update(checkpoint=None)
 
 
 def settle(guest: guest_mod.Guest, state_path: str, checkpoint: str) -> None:
     """Recovery: drop a killed snapshot's checkpoint unless it was kept."""
     record = _read(state_path, guest.uuid)
-    if record and record['checkpoint'] == checkpoint:
-        return
-    guest.delete_checkpoint(checkpoint)
-    LOG.info('Checkpoint %s of an unfinished snapshot deleted', checkpoint,
-             instance_uuid=guest.uuid)
+    if not record or record['checkpoint'] != checkpoint:
+        _forget_checkpoint(guest, checkpoint)
+        LOG.info('Checkpoint %s of an unfinished snapshot deleted',
+                 checkpoint, instance_uuid=guest.uuid)
+    _tidy(guest, keep=record['checkpoint'] if record else None)
 
 
 def reverted(guest: guest_mod.Guest, state_path: str) -> None:
     """The guest's disks were replaced: no delta may rest on them.
 
-    The new files have no bitmaps; the checkpoints' definitions go too.
+    The new files have no bitmaps; any checkpoint definition goes too.
     """
     record = _read(state_path, guest.uuid)
     if record:
@@ -271,6 +283,31 @@ def reverted(guest: guest_mod.Guest, state_path: str) -> None:
     for name in guest.checkpoints():
         if name.startswith(CHECKPOINT_PREFIX):
             guest.delete_checkpoint(name, metadata_only=True)
+
+
+def _tidy(guest: guest_mod.Guest, keep: Optional[str]) -> None:
+    """Leave only ``keep``'s bitmap, and no checkpoint definition."""
+    for name in guest.checkpoints():
+        if not name.startswith(CHECKPOINT_PREFIX):
+            continue
+        if name == keep:
+            try:
+                guest.delete_checkpoint(name, metadata_only=True)
+            except exception.HypervisorError as e:
+                LOG.warning('The definition of checkpoint %(name)s stays: '
+                            '%(error)s', {'name': name, 'error': e},
+                            instance_uuid=guest.uuid)
+        else:
+            _forget_checkpoint(guest, name)
+
+
+def _mark(images: Any, image_id: str, fields: Dict[str, Any]) -> None:
+    try:
+        images.set_properties(image_id, fields)
+    except exception.VmsnapException as e:
+        LOG.warning('Image %(image)s could not be updated with %(fields)s: '
+                    '%(error)s', {'image': image_id, 'fields': fields,
+                                  'error': e})
 
 
 def _standalone(xml: str) -> str:
@@ -332,6 +369,9 @@ def lineage(images: Any, image: dict) -> List[dict]:
     Raises ChainBroken naming the missing or wrong link: a point is
     restored whole or not at all.
     """
+    if is_delta(image) and image.get('disk_format') != 'qcow2':
+        raise exception.ChainBroken(image_id=image['id'], reason='a delta '
+                                    'must be a qcow2 image')
     chain = [image]
     while is_delta(chain[0]):
         child = chain[0]
@@ -345,10 +385,15 @@ def lineage(images: Any, image: dict) -> List[dict]:
                     child.get(CHAIN_ID_PROPERTY), reason))
         if len(chain) > MAX_LINEAGE:
             raise broken('is part of a loop')
+        parent_id = child.get(PARENT_PROPERTY) or ''
+        if not uuidutils.is_uuid_like(parent_id):
+            raise broken('is not an image id')
         try:
-            parent = images.get(child.get(PARENT_PROPERTY) or '')
+            parent = images.get(parent_id)
         except exception.ImageNotFound:
             raise broken('is gone from Glance')
+        if parent.get('id') != parent_id:
+            raise broken('is not the image Glance returned')
         if parent.get('status') != glance.ACTIVE:
             raise broken('is %s, not active' % parent.get('status'))
         try:

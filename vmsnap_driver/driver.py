@@ -55,7 +55,7 @@ class LibvirtDriver:
         """
         return restore.plan(self._host.get_guest(instance.uuid),
                             self._images_for(context), image_id,
-                            self._seal_key())
+                            self._seal_key)
 
     def revert(self, context: Any, instance: Any, image_id: str,
                progress: Optional[restore.Progress] = None) -> None:
@@ -73,7 +73,7 @@ class LibvirtDriver:
                            self._images_for(context), image_id,
                            self._conf.state_path,
                            self._conf.libvirt.snapshots_directory,
-                           self._seal_key(), progress or (lambda _n: None))
+                           self._seal_key, progress or (lambda _n: None))
 
     def _seal_key(self) -> bytes:
         return memory_image.seal_key(

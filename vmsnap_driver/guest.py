@@ -8,6 +8,7 @@ here, so no caller parses libvirt error codes.
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 from typing import Callable, Iterator, List, Optional, Tuple
 from xml.etree import ElementTree
@@ -77,14 +78,26 @@ class BlockJob:
         return self.cur == self.end
 
 
+# Calls that change nothing, or that end what may have ended already: made
+# once more after a libvirtd restart.  Any other is not repeated, since the
+# first one may have taken effect before its answer was lost: its caller
+# gets the error and looks at what is there.
+RETRIED_CALLS = frozenset([
+    'UUIDString', 'name', 'connect', 'state', 'info', 'XMLDesc',
+    'isActive', 'isPersistent', 'hasManagedSaveImage', 'backupGetXMLDesc',
+    'jobStats', 'blockJobInfo', 'checkpointLookupByName',
+    'listAllCheckpoints', 'abortJob', 'blockJobAbort',
+])
+
+
 class _Domain:
     """A virDomain whose calls outlive a libvirtd restart.
 
     A restarted libvirtd leaves QEMU and its jobs running but closes every
     client connection, and the client learns it only when a call fails.
-    A call that failed because the connection is gone is made once more,
-    on the domain found again on a live connection: an operation that
-    spans the restart can still end the job it started.
+    The domain is then found again on a live connection for the calls
+    that follow, and a call in RETRIED_CALLS is made once more: an
+    operation that spans the restart can still end the job it started.
     """
 
     def __init__(self, domain: libvirt.virDomain,
@@ -100,9 +113,12 @@ class _Domain:
             except libvirt.libvirtError:
                 if self._lookup is None or self._dom.connect().isAlive():
                     raise
+                lost = sys.exc_info()[1]
             # A libvirtError from here (the domain is gone) reaches the
             # caller's handling, as from the call itself.
             self._dom = self._lookup(self._dom.UUIDString())
+            if name not in RETRIED_CALLS:
+                raise lost
             return getattr(self._dom, name)(*args)
         return call
 

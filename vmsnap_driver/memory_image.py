@@ -18,7 +18,6 @@ its image, the snapshot's image and the server), and a state whose seal
 this host cannot reproduce is never restored.
 """
 
-import errno
 import hashlib
 import hmac
 import os
@@ -64,17 +63,24 @@ def create(images: Any, disk_image_name: str, instance_uuid: str) -> dict:
 
 
 def seal_key(path: str) -> bytes:
-    """The host's sealing secret, created on first use."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        if e.errno != errno.EEXIST:
-            raise
-    else:
-        with os.fdopen(fd, 'w') as f:
-            f.write(os.urandom(32).hex())
-            f.flush()
-            os.fsync(f.fileno())
+    """The host's sealing secret, created on first use.
+
+    Written whole under another name, then linked into place: a reader
+    never sees a half-written key, and of two creators one wins.
+    """
+    if not os.path.exists(path):
+        tmp = '%s.%d.tmp' % (path, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, 'w') as f:
+                f.write(os.urandom(32).hex())
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
     with open(path) as f:
         key = f.read().strip()
     if len(key) < 32:
@@ -84,18 +90,24 @@ def seal_key(path: str) -> bytes:
     return key.encode()
 
 
-def _seal(key: bytes, memory_image_id: str, disk_image_id: str,
-          instance_uuid: str, sha256: str) -> str:
-    message = '\n'.join([memory_image_id, disk_image_id, instance_uuid,
-                         sha256]).encode()
+def _seal(key: bytes, memory_image: dict, disk_image_id: str,
+          instance_uuid: str) -> str:
+    """HMAC over what a restore trusts.
+
+    The state's sha256, whose state it is, and the machine it resumes in.
+    """
+    message = '\n'.join(
+        [memory_image['id'], disk_image_id, instance_uuid,
+         memory_image.get(SHA256_PROPERTY) or '']
+        + [memory_image.get(prop) or '' for prop in
+           sorted(FIT_PROPERTIES.values())]).encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def unsealed(key: bytes, memory_image: dict, disk_image_id: str,
              instance_uuid: str) -> Optional[str]:
     """Why the memory image's seal does not hold, or None."""
-    expected = _seal(key, memory_image['id'], disk_image_id, instance_uuid,
-                     memory_image.get(SHA256_PROPERTY) or '')
+    expected = _seal(key, memory_image, disk_image_id, instance_uuid)
     if not hmac.compare_digest(expected,
                                memory_image.get(SEAL_PROPERTY) or ''):
         return ('the memory image %s is not sealed by this deployment\'s '
@@ -176,12 +188,13 @@ def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
     properties = dict(properties, **{
         OF_PROPERTY: disk_image_id,
         SHA256_PROPERTY: sha256,
-        SEAL_PROPERTY: _seal(key, image_id, disk_image_id,
-                             properties['instance_uuid'], sha256),
         image_properties.GUEST_STATE_PROPERTY: memory.state,
         'vmsnap_memory_size': str(os.path.getsize(memory.path)),
         'vmsnap_memory_compression': COMPRESSION,
     })
+    properties[SEAL_PROPERTY] = _seal(key, dict(properties, id=image_id),
+                                      disk_image_id,
+                                      properties['instance_uuid'])
     try:
         with open(compressed, 'rb') as data:
             images.upload(image_id, data, os.path.getsize(compressed),

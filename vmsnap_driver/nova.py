@@ -179,7 +179,7 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
             restore.revert(self._vmsnap_host.get_guest(instance.uuid),
                            images, image_id, _state_path(),
                            CONF.vmsnap.snapshots_directory,
-                           memory_image.seal_key(
+                           lambda: memory_image.seal_key(
                                CONF.vmsnap.memory_seal_key_file))
         except exception.InstanceNotFound:
             raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)

@@ -84,7 +84,7 @@ def _recover_one(host: Any, images: Any, record: journal.Record,
         except exception.InstanceNotFound:
             guest = None
         if facts.get('kind') == restore.KIND:
-            settled = _revert(guest, facts)
+            settled = _revert(guest, facts, state_path)
         else:
             settled = _snapshot(guest, facts, images, state_path)
     except Exception as e:  # one record must not stop the others
@@ -164,10 +164,15 @@ def _give_back(guest: guest_mod.Guest, facts: dict) -> None:
                  instance_uuid=uuid)
 
 
-def _revert(guest: Optional[guest_mod.Guest], facts: dict) -> bool:
+def _revert(guest: Optional[guest_mod.Guest], facts: dict,
+            state_path: str) -> bool:
     if guest is None:
         LOG.error('The domain of an unfinished revert is gone; its files '
                   'are left as they are: %s', facts.get('disks'),
                   instance_uuid=facts.get('instance_uuid'))
         return False
-    return restore.settle(guest, facts)
+    settled = restore.settle(guest, facts)
+    if settled and (facts.get('committed') or facts.get('starting')):
+        # The disks may be the snapshot's now: no delta rests on them.
+        chains.reverted(guest, state_path)
+    return settled

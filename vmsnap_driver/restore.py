@@ -88,11 +88,12 @@ class Plan:
 
 
 def plan(guest: guest_mod.Guest, images: Any, image_id: str,
-         seal_key: bytes) -> Plan:
+         seal_key: Callable[[], bytes]) -> Plan:
     """Check that ``image_id`` can be reverted to; touch nothing.
 
-    :param seal_key: the key memory images are sealed with
-        (:func:`vmsnap_driver.memory_image.seal_key`).
+    :param seal_key: gives the key memory images are sealed with
+        (:func:`vmsnap_driver.memory_image.seal_key`); asked for only
+        when the snapshot has a memory state.
     """
     def refuse(reason: str) -> None:
         raise exception.RevertRefused(instance_uuid=guest.uuid,
@@ -140,7 +141,7 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str,
                 memory.get(memory_image.OF_PROPERTY) != image['id']):
             refuse('its memory image %s is missing or not active'
                    % image[memory_image.LINK_PROPERTY])
-        problem = (memory_image.unsealed(seal_key, memory, image['id'],
+        problem = (memory_image.unsealed(seal_key(), memory, image['id'],
                                          guest.uuid)
                    or memory_image.misfit(memory, guest.machine()))
         if problem:
@@ -197,8 +198,10 @@ class Revert:
         """
         guest = self.plan.guest
         for target in self.plan.disks:
+            # A chain's point is at most as large as all its images.
             workspace.check_space(os.path.dirname(target.disk.path),
-                                  target.image.get('size') or 0)
+                                  sum(i.get('size') or 0
+                                      for i in target.lineage))
         os.makedirs(self._snapshots_directory, mode=0o711, exist_ok=True)
         workspace.check_space(self._snapshots_directory,
                               self.plan.download_bytes())
@@ -382,7 +385,8 @@ def settle(guest: guest_mod.Guest, facts: dict) -> bool:
 
 
 def revert(guest: guest_mod.Guest, images: Any, image_id: str,
-           state_path: str, snapshots_directory: str, seal_key: bytes,
+           state_path: str, snapshots_directory: str,
+           seal_key: Callable[[], bytes],
            progress: Progress = lambda _n: None) -> Plan:
     """Revert ``guest`` to snapshot ``image_id``; what was done."""
     the_plan = plan(guest, images, image_id, seal_key)

@@ -12,6 +12,7 @@ from vmsnap_driver import guest as guest_mod
 
 DISK = guest_mod.Disk('vda', 'file', '/d.qcow2', 'qcow2', False)
 SIZE = 1 << 30
+PARENT = '4f1b0c4e-0d1a-4e3b-9a55-2f6f1d3c8b71'
 OPTIONS = types.SimpleNamespace(incremental=False, max_chain_length=7)
 
 
@@ -108,10 +109,17 @@ def test_a_sound_chain_gives_a_delta(tmp_path):
 
 def test_lineage_names_the_missing_link():
     images = mock.Mock()
-    images.get.side_effect = exception.ImageNotFound(image_id='p')
-    delta = {'id': 'd', 'vmsnap_delta': 'true', 'vmsnap_parent_image_id': 'p',
-             'vmsnap_chain_depth': '1', 'vmsnap_chain_id': 'c'}
+    images.get.side_effect = exception.ImageNotFound(image_id=PARENT)
+    delta = {'id': 'd', 'vmsnap_delta': 'true', 'disk_format': 'qcow2',
+             'vmsnap_parent_image_id': PARENT, 'vmsnap_chain_depth': '1',
+             'vmsnap_chain_id': 'c'}
     with pytest.raises(exception.ChainBroken) as raised:
         chains.lineage(images, delta)
-    assert 'p, the parent of d (depth 1 of chain c), is gone' in str(
-        raised.value)
+    assert '%s, the parent of d (depth 1 of chain c), is gone' % PARENT in (
+        str(raised.value))
+    # A parent id that is not an image id never reaches Glance.
+    images.reset_mock()
+    delta['vmsnap_parent_image_id'] = '../../v2/images'
+    with pytest.raises(exception.ChainBroken, match='not an image id'):
+        chains.lineage(images, delta)
+    images.get.assert_not_called()

@@ -20,14 +20,24 @@ def _domain(alive=True):
 
 def test_a_call_on_a_closed_connection_is_made_again_on_a_new_one():
     old, new = _domain(alive=False), _domain()
-    old.resume.side_effect = libvirt.libvirtError('Broken pipe')
+    old.abortJob.side_effect = libvirt.libvirtError('Broken pipe')
     lookup = mock.Mock(return_value=new)
     guest = guest_mod.Guest(old, lookup)
-    guest.resume()
+    guest._domain.abortJob()
     lookup.assert_called_once_with('u-1')
+    new.abortJob.assert_called_once_with()
+
+
+def test_a_call_that_changes_the_guest_is_not_repeated():
+    """It may have taken effect: the caller gets the error and checks."""
+    old, new = _domain(alive=False), _domain()
+    old.resume.side_effect = libvirt.libvirtError('Broken pipe')
+    guest = guest_mod.Guest(old, mock.Mock(return_value=new))
+    with pytest.raises(exception.HypervisorError, match='resume'):
+        guest.resume()
+    new.resume.assert_not_called()
+    guest.resume()              # the next call goes to the live connection
     new.resume.assert_called_once_with()
-    guest.resume()
-    assert old.resume.call_count == 1
 
 
 def test_an_error_on_a_live_connection_is_not_retried():

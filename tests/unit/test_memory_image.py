@@ -6,9 +6,11 @@ from vmsnap_driver import memory_image
 
 
 def _sealed(key, sha256='ab' * 32):
-    return {'id': 'mem-1', memory_image.SHA256_PROPERTY: sha256,
-            memory_image.SEAL_PROPERTY: memory_image._seal(
-                key, 'mem-1', 'disk-1', 'u-1', sha256)}
+    image = {'id': 'mem-1', memory_image.SHA256_PROPERTY: sha256,
+             'vmsnap_memory_mib': '192'}
+    image[memory_image.SEAL_PROPERTY] = memory_image._seal(
+        key, image, 'disk-1', 'u-1')
+    return image
 
 
 def test_the_key_is_made_once_and_kept_private(tmp_path):
@@ -30,6 +32,9 @@ def test_any_edit_or_other_key_breaks_the_seal(tmp_path):
     assert memory_image.unsealed(key, image, 'disk-2', 'u-1')
     assert memory_image.unsealed(key, image, 'disk-1', 'u-2')
     assert memory_image.unsealed(other, image, 'disk-1', 'u-1')
+    image['vmsnap_memory_mib'] = '4096'
+    assert memory_image.unsealed(key, image, 'disk-1', 'u-1')
+    image['vmsnap_memory_mib'] = '192'
     image[memory_image.SHA256_PROPERTY] = 'cd' * 32
     assert 'not sealed' in memory_image.unsealed(key, image, 'disk-1',
                                                  'u-1')

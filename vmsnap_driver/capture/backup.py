@@ -56,7 +56,8 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                 incremental=checkpoint.since if checkpoint else None,
                 checkpoint=checkpoint.name if checkpoint else None)
         except Exception:
-            record.update(backup_socket=None, checkpoint=None)
+            if _none_left(guest, socket_path):
+                record.update(backup_socket=None)
             raise
     LOG.debug('Disks %(disks)s exported over NBD at %(socket)s',
               {'disks': targets, 'socket': socket_path},
@@ -75,6 +76,24 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
                   instance_uuid=guest.uuid)
     with base.undone_on_exit(end, 'Ending the backup job', guest):
         yield socket_path
+
+
+def _none_left(guest: guest_mod.Guest, socket_path: str) -> bool:
+    """After a failed start: whether no job of ours runs (ended if so).
+
+    The start may have taken effect before its answer was lost (libvirtd
+    restarted under it).  A failure to tell is logged; the record then
+    keeps the socket for recovery.
+    """
+    try:
+        if guest.backup_socket() == socket_path:
+            guest.abort_job()
+        return True
+    except exception.HypervisorError as e:
+        LOG.error('Whether the failed backup job started anyway is not '
+                  'known (%s): its record is kept for recovery', e,
+                  instance_uuid=guest.uuid)
+        return False
 
 
 def views(disks: List[guest_mod.Disk], socket_path: str,

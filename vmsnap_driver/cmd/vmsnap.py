@@ -134,6 +134,14 @@ def _flatten() -> int:
     return 0
 
 
+def _depth(image: dict) -> int:
+    """An image's chain depth; an edited, unreadable one sorts first."""
+    try:
+        return int(image.get(chains.DEPTH_PROPERTY))
+    except (TypeError, ValueError):
+        return -1
+
+
 def _chain() -> int:
     try:
         guest = host_mod.Host(CONF.libvirt.connection_uri).lookup(
@@ -148,7 +156,7 @@ def _chain() -> int:
     for image in linked:
         order.setdefault(image[chains.CHAIN_ID_PROPERTY], len(order))
     linked.sort(key=lambda i: (order[i[chains.CHAIN_ID_PROPERTY]],
-                               int(i.get(chains.DEPTH_PROPERTY) or 0)))
+                               _depth(i)))
     row = '%-36s %5s  %-36s %-36s %12s  %-8s %s'
     print(row % ('chain', 'depth', 'image', 'parent', 'size', 'status',
                  'created'))
