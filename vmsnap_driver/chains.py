@@ -43,7 +43,6 @@ from vmsnap_driver import digest
 from vmsnap_driver import exception
 from vmsnap_driver import glance
 from vmsnap_driver import guest as guest_mod
-from vmsnap_driver import image_properties
 from vmsnap_driver import image_safety
 from vmsnap_driver import journal
 from vmsnap_driver import qemu_img
@@ -83,6 +82,9 @@ class Link:
     parent: Optional[dict] = None
     chain_id: Optional[str] = None
     depth: int = 0
+    # The parent's block digests (digest.BLOCK each), kept on this host:
+    # a delta re-hashes only its changed blocks.  None: it hashes all.
+    parent_blocks: Optional[bytes] = None
 
     @property
     def delta(self) -> bool:
@@ -158,7 +160,9 @@ def plan(guest: guest_mod.Guest, images: Any, state_path: str,
     return Link(True, 'incremental since snapshot %s (checkpoint %s)'
                 % (parent['id'], parent[CHECKPOINT_PROPERTY]), name,
                 checkpoint, parent=parent, chain_id=record['chain_id'],
-                depth=record['depth'] + 1)
+                depth=record['depth'] + 1,
+                parent_blocks=_read_blocks(state_path, guest.uuid,
+                                           parent['id'], virtual_size))
 
 
 def _why_not_delta(guest: guest_mod.Guest, images: Any, options: Any,
@@ -209,21 +213,30 @@ def _why_not_delta(guest: guest_mod.Guest, images: Any, options: Any,
 
 def commit(guest: guest_mod.Guest, images: Any, state_path: str,
            link: Link, image_id: str, disk: guest_mod.Disk,
-           virtual_size: int, record: journal.Record) -> None:
+           virtual_size: int, blocks: Optional[bytes],
+           record: journal.Record) -> None:
     """The snapshot is active: make it the chain's newest point.
+
+    :param blocks: its block digests, for the next delta's digest.
 
     Once the host's record names it, nothing here fails the snapshot:
     tidying libvirt and marking Glance images are logged when they fail.
     """
     if not link.checkpoint:
         return
+    previous = _read(state_path, guest.uuid)
+    if blocks is not None:
+        journal.write_bytes(_blocks_path(state_path, guest.uuid), blocks)
     _write(state_path, guest.uuid, {
+        'blocks_of': image_id if blocks is not None else None,
         'chain_id': link.chain_id, 'image_id': image_id,
         'depth': link.depth, 'checkpoint': link.checkpoint,
         'checkpoint_xml': _standalone(guest.checkpoint_xml(link.checkpoint)),
         'disk': disk.target, 'path': disk.path,
         'virtual_size': virtual_size})
     record.update(checkpoint=None)
+    if previous and not link.delta:
+        _drop_bitmap(guest, previous)
     _tidy(guest, keep=link.checkpoint)
     if link.delta:
         # Glance keeps a parent while it has children; its owner can
@@ -254,7 +267,7 @@ def abandon(guest: guest_mod.Guest, link: Link,
     try:
         guest.delete_checkpoint(link.checkpoint)
         record.update(checkpoint=None)
-        _tidy(guest, keep=None)
+        _tidy(guest, keep=link.incremental_from)
     except exception.HypervisorError as e:
         LOG.error('Checkpoint %(name)s of the failed snapshot could not be '
                   'deleted: %(error)s', {'name': link.checkpoint, 'error': e},
@@ -301,6 +314,18 @@ def _tidy(guest: guest_mod.Guest, keep: Optional[str]) -> None:
             _forget_checkpoint(guest, name)
 
 
+def _drop_bitmap(guest: guest_mod.Guest, previous: dict) -> None:
+    """A new chain started: the old chain's bitmap goes too.
+
+    It is defined again from the old record to be deleted through libvirt;
+    one that fails validation cannot be, and stays in the qcow2, unused.
+    """
+    try:
+        guest.redefine_checkpoint(previous['checkpoint_xml'])
+    except exception.HypervisorError:
+        return
+
+
 def _mark(images: Any, image_id: str, fields: Dict[str, Any]) -> None:
     try:
         images.set_properties(image_id, fields)
@@ -339,6 +364,26 @@ def _path(state_path: str, instance_uuid: str) -> str:
     directory = os.path.join(state_path, DIRECTORY)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     return os.path.join(directory, '%s.json' % instance_uuid)
+
+
+def _blocks_path(state_path: str, instance_uuid: str) -> str:
+    return _path(state_path, instance_uuid)[:-len('.json')] + '.blocks'
+
+
+def _read_blocks(state_path: str, instance_uuid: str, image_id: str,
+                 virtual_size: int) -> Optional[bytes]:
+    """The block digests of ``image_id`` if this host has them whole."""
+    record = _read(state_path, instance_uuid)
+    try:
+        with open(_blocks_path(state_path, instance_uuid), 'rb') as f:
+            blocks = f.read()
+    except FileNotFoundError:
+        return None
+    if (not record or record.get('blocks_of') != image_id
+            or len(blocks) != digest.block_count(virtual_size)
+            * digest.DIGEST_SIZE):
+        return None
+    return blocks
 
 
 def _read(state_path: str, instance_uuid: str) -> Optional[dict]:
@@ -457,13 +502,15 @@ def flatten(images: Any, image_id: str, name: str, workdir: str,
     paths = assemble(images, image, workdir, progress)
     flat = os.path.join(workdir, 'flat.qcow2')
     qemu_img.convert(paths[-1], 'qcow2', flat, 'qcow2', untrusted=True)
-    actual = digest.of_file(flat, 'qcow2')
-    if actual != image.get(image_properties.DIGEST_PROPERTY):
+    digests = digest.both_of_file(flat, 'qcow2')
+    expected, tree = digest.recorded(image)
+    actual = digests.tree if tree else digests.sha256
+    if actual != expected:
         raise exception.ImageCorrupt(
-            image_id=image_id, reason='the rebuilt point has content sha256 '
-            '%s, the snapshot recorded %s'
-            % (actual, image.get(image_properties.DIGEST_PROPERTY)))
-    created = images.create(name, flat_properties(image))
+            image_id=image_id, reason='the rebuilt point has content digest '
+            '%s, the snapshot recorded %s' % (actual, expected))
+    created = images.create(name, dict(flat_properties(image),
+                                       **digests.properties()))
     try:
         with open(flat, 'rb') as data:
             images.upload(created['id'], data, os.path.getsize(flat),

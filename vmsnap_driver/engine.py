@@ -89,12 +89,13 @@ class SnapshotEngine:
                 with workspace.workspace(self._options.snapshots_directory,
                                          plan.space_needed()) as workdir:
                     record.update(workdir=workdir)
-                    self._capture_and_upload(instance, plan, group, workdir,
-                                             update_task_state, images,
-                                             record)
+                    digests = self._capture_and_upload(
+                        instance, plan, group, workdir, update_task_state,
+                        images, record)
                 snapshot_chains.commit(plan.guest, images, self._state_path,
                                        plan.link, image_id, plan.disks[0],
-                                       plan.chains[0][0].virtual_size, record)
+                                       plan.chains[0][0].virtual_size,
+                                       digests.blocks, record)
             except Exception:
                 group.delete_created()
                 snapshot_chains.abandon(plan.guest, plan.link, record)
@@ -164,14 +165,17 @@ class SnapshotEngine:
     def _capture_and_upload(self, instance: Any, plan: '_Plan',
                             group: '_ImageGroup', workdir: str,
                             update_task_state: TaskStateCallback,
-                            images: Any, record: journal.Record) -> None:
+                            images: Any,
+                            record: journal.Record) -> digest.Digests:
         """Stream each disk into its image, or flatten then upload it.
 
         A stream is read while the capture holds the disks still; a file is
-        uploaded once the capture has let the guest go.
+        uploaded once the capture has let the guest go.  Returns the boot
+        disk's digests.
         """
         fmt = plan.image_format
         flats = []
+        found = {}
         with plan.strategy.capture(
                 plan.guest, plan.disks, plan.chains, workdir,
                 functools.partial(plan.freezer.frozen, record),
@@ -186,8 +190,9 @@ class SnapshotEngine:
                 if disk is plan.disks[0]:
                     properties.update(plan.link.properties())
                 if plan.streamed:
-                    _upload_export(images, group.image_id(disk), view,
-                                   fmt, properties)
+                    found[disk.target] = _upload_export(
+                        images, group.image_id(disk), view, fmt, properties,
+                        plan.link if disk is plan.disks[0] else None)
                 else:
                     flat = os.path.join(workdir, '%s.%s' % (disk.target,
                                                             fmt))
@@ -197,12 +202,15 @@ class SnapshotEngine:
             update_task_state(task_state=IMAGE_UPLOADING,
                               expected_state=IMAGE_PENDING_UPLOAD)
         for disk, flat, properties in flats:
-            properties[DIGEST_PROPERTY] = digest.of_file(flat, fmt)
+            sha256 = digest.of_file(flat, fmt)
+            found[disk.target] = digest.Digests(sha256, None, None)
+            properties[DIGEST_PROPERTY] = sha256
             with open(flat, 'rb') as data:
                 images.upload(group.image_id(disk), data,
                               os.path.getsize(flat), fmt, properties)
         if plan.memory:
             self._upload_memory(plan, group, plan.strategy.memory, images)
+        return found[plan.disks[0].target]
 
     def _upload_memory(self, plan: '_Plan', group: '_ImageGroup',
                        memory: capture_base.MemoryState,
@@ -231,34 +239,55 @@ class SnapshotEngine:
 
 
 def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
-                   image_format: str, properties: dict) -> None:
+                   image_format: str, properties: dict,
+                   link: Optional[snapshot_chains.Link]) -> digest.Digests:
     """Encode the export front to back, straight into Glance.
 
-    The content digest is computed as the data streams, so it is known
-    only once the upload is done: it is added to the image then.  An
-    incremental export is encoded as a delta of what changed, but the
-    digest is of the whole disk: a restored point is proven against it.
+    The content digests are computed as the data streams, so they are
+    known only once the upload is done: they are added to the image then.
+    An incremental export is encoded as a delta of what changed, and its
+    tree digest is the parent's with the changed blocks re-hashed; an
+    image of a chain also gets the tree digest.
+
+    :param link: the snapshot's place in a chain, for the boot disk.
     """
+    chained = link is not None and link.checkpoint is not None
     with nbd.Client(view.nbd_socket, view.nbd_export,
                     dirty_bitmap=view.dirty_bitmap) as client:
         extents = client.extents()
-        content = digest.ContentDigest(client.read, client.size, extents)
         if view.dirty_bitmap:
-            encoded = image_stream.qcow2_delta(client.size, extents,
-                                               client.dirty(), content.read)
+            changed = client.dirty()
+            encoded = image_stream.qcow2_delta(client.size, extents, changed,
+                                               client.read)
+
+            def digests() -> digest.Digests:
+                if link.parent_blocks is None:
+                    LOG.warning('This host lacks the block digests of '
+                                'parent %s: the whole disk is read for the '
+                                'delta\'s digest', link.parent['id'])
+                    return digest.ContentDigest(
+                        client.read, client.size, extents,
+                        tree=True).result()
+                return digest.update_blocks(
+                    link.parent_blocks, client.size,
+                    digest.blocks_of(changed), extents, client.read)
         else:
+            content = digest.ContentDigest(client.read, client.size, extents,
+                                           tree=chained)
             encoded = image_stream.ENCODERS[image_format](
                 client.size, extents, content.read)
+            digests = content.result
         body = image_stream.Prefetcher(encoded.chunks, encoded.size)
         try:
             images.upload(image_id, body, encoded.size, image_format,
                           properties)
         finally:
             body.close()
-        # A delta's encoder read only what changed: the rest of the disk
-        # is read for the digest now, while the export still holds it.
-        sha256 = content.hexdigest()
-    images.set_properties(image_id, {DIGEST_PROPERTY: sha256})
+        # Whatever the encoder did not read is read for the digests now,
+        # while the export still holds the disk at its instant.
+        result = digests()
+    images.set_properties(image_id, result.properties())
+    return result
 
 
 @dataclasses.dataclass

@@ -45,6 +45,10 @@ it was taken, so that whoever restores it knows what they hold:
     sha256 of the virtual disk's raw content (every byte, zeros included),
     whatever the image's format or layout: ``vmsnap verify`` checks an
     image, or anything restored from it, against it.
+``vmsnap_content_tree_sha256``
+    On images of a chain: sha256 of the sha256 digests of each 1 MiB
+    block of the virtual disk.  A delta carries only this one (see
+    :mod:`vmsnap_driver.digest`).
 ``vmsnap_version``
     The vmsnap release that took it.
 """
@@ -72,6 +76,7 @@ MAX_VALUE_LENGTH = 255
 
 MEMORY = 'memory'
 DIGEST_PROPERTY = 'vmsnap_content_sha256'
+TREE_DIGEST_PROPERTY = 'vmsnap_content_tree_sha256'
 # vmsnap properties a request may set on its image.
 REQUEST_PROPERTIES = frozenset(['vmsnap_memory', 'vmsnap_incremental'])
 # Glance's core and reserved fields, and what Nova and vmsnap write: a

@@ -41,11 +41,16 @@ def _fsync_directory(path: str) -> None:
 
 def write_json(path: str, data: Any) -> None:
     """Replace ``path`` with ``data`` as JSON, durably and atomically."""
+    write_bytes(path, json.dumps(data, sort_keys=True).encode())
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``, durably and atomically."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
     try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f, sort_keys=True)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -162,7 +162,7 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str,
 def is_snapshot_of(image: dict, instance_uuid: str) -> bool:
     """Whether rebuilding ``instance_uuid`` onto ``image`` is a revert."""
     return (image.get('instance_uuid') == instance_uuid
-            and bool(image.get(DIGEST_PROPERTY))
+            and bool(digest.recorded(image)[0])
             and not image.get(memory_image.OF_PROPERTY))
 
 
@@ -174,7 +174,7 @@ def _check_snapshot(image: dict, instance_uuid: str, refuse) -> None:
         refuse('image %s is not a snapshot of this server; rebuilding onto '
                'another image reinstalls a server, which vmsnap does not do'
                % image['id'])
-    if not image.get(DIGEST_PROPERTY) or not image.get('vmsnap_source_disk'):
+    if not digest.recorded(image)[0] or not image.get('vmsnap_source_disk'):
         refuse('image %s was not taken by vmsnap (it has no %s)'
                % (image['id'], DIGEST_PROPERTY))
 
@@ -235,12 +235,15 @@ class Revert:
                      names['staged'])
             for download in downloads:
                 os.unlink(download)
-            actual = digest.of_file(names['staged'], target.disk.format)
-            if actual != image[DIGEST_PROPERTY]:
+            expected, tree = digest.recorded(image)
+            actual = digest.of_file(names['staged'], target.disk.format,
+                                    tree=tree)
+            if actual != expected:
                 raise exception.ImageCorrupt(
                     image_id=image['id'], reason='the restored disk %s has '
-                    'content sha256 %s, the snapshot recorded %s'
-                    % (target.disk.target, actual, image[DIGEST_PROPERTY]))
+                    'content %s %s, the snapshot recorded %s'
+                    % (target.disk.target, 'tree sha256' if tree
+                       else 'sha256', actual, expected))
             LOG.info('Disk %(disk)s staged from image %(image)s and proven '
                      'equal to the snapshot', {'disk': target.disk.target,
                                                'image': image['id']},

@@ -54,7 +54,7 @@ def verify(images: glance.ImageService, image_id: str,
            show_progress: bool = True) -> Verdict:
     image = images.get(image_id)
     checks = []
-    expected = image.get(DIGEST_PROPERTY)
+    expected, tree = digest.recorded(image)
     fmt = image.get('disk_format')
     if image.get('status') != 'active':
         return Verdict(image_id, [Check('status', False, 'image is "%s", '
@@ -107,13 +107,14 @@ def verify(images: glance.ImageService, image_id: str,
                 path = _rebuild_chain(images, image, directory, checks)
                 if path is None:
                     return Verdict(image_id, checks)
-            actual = digest.of_file(path, fmt, untrusted=True)
+            actual = digest.of_file(path, fmt, untrusted=True, tree=tree)
+            name = 'content tree' if tree else 'content sha256'
             checks.append(Check(
-                'content sha256', actual == expected,
+                name, actual == expected,
                 'the virtual disk content matches the snapshot record (%s)'
                 % expected if actual == expected else
-                'content sha256 is %s, the snapshot record says %s'
-                % (actual, expected)))
+                '%s is %s, the snapshot record says %s'
+                % (name, actual, expected)))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return Verdict(image_id, checks)

@@ -26,3 +26,42 @@ def test_a_partial_reader_still_digests_the_whole_disk():
     assert content.hexdigest() == hashlib.sha256(disk).hexdigest()
     # The zero run was never read.
     assert not any(o < 6 * MIB and o + n > 2 * MIB for o, n in reads)
+
+
+def test_the_tree_digest_is_updated_from_the_changed_blocks_alone():
+    size = 5 * MIB + 4096
+    disk = bytearray(os.urandom(size))
+    disk[MIB:3 * MIB] = bytes(2 * MIB)
+    extents = [nbd.Extent(0, MIB, False), nbd.Extent(MIB, 2 * MIB, True),
+               nbd.Extent(3 * MIB, size - 3 * MIB, False)]
+
+    def reader(data):
+        return lambda o, n: bytes(data[o:o + n])
+    base = digest.ContentDigest(reader(disk), size, extents,
+                                tree=True).result()
+    assert base.sha256 == hashlib.sha256(disk).hexdigest()
+    expected_blocks = b''.join(
+        hashlib.sha256(disk[o:o + MIB]).digest() for o in range(0, size, MIB))
+    assert base.blocks == expected_blocks
+    assert base.tree == hashlib.sha256(expected_blocks).hexdigest()
+
+    new = bytearray(disk)
+    new[size - 100:] = os.urandom(100)              # the short last block
+    new[MIB + 10:MIB + 20] = b'x' * 10              # into the zero run
+    reads = []
+
+    def read(offset, length):
+        reads.append(offset // MIB)
+        return bytes(new[offset:offset + length])
+    changed = digest.blocks_of([nbd.Extent(size - 100, 100, False),
+                                nbd.Extent(MIB, 65536, False)])
+    assert changed == [1, 5]
+    updated = digest.update_blocks(base.blocks, size, changed, [
+        nbd.Extent(0, MIB, False), nbd.Extent(MIB, MIB, False),
+        nbd.Extent(2 * MIB, MIB, True),
+        nbd.Extent(3 * MIB, size - 3 * MIB, False)], read)
+    assert sorted(reads) == [1, 5]
+    whole = digest.ContentDigest(reader(new), size,
+                                 [nbd.Extent(0, size, False)],
+                                 tree=True).result()
+    assert updated.tree == whole.tree
