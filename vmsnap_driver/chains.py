@@ -467,22 +467,26 @@ def fetch(images: Any, image: dict, dest: str,
 
 
 def assemble(images: Any, image: dict, workdir: str,
-             progress: Callable[[int], None] = lambda _n: None
-             ) -> List[str]:
-    """Download ``image`` and the chain under it into ``workdir``.
+             progress: Callable[[int], None] = lambda _n: None) -> str:
+    """Download the point ``image`` and the chain under it, as one file.
 
-    Each file is inspected as untrusted before a backing reference is put
-    on it, by vmsnap, to the file of its parent: the last path reads as the
-    disk at ``image``'s instant.  Returns every path, full image first.
+    The full image is downloaded into ``workdir``; each delta after it is
+    downloaded, inspected as untrusted, put on that file as its backing
+    (by vmsnap) and committed into it, which writes only the delta's
+    clusters: the file then holds the disk at ``image``'s instant, with no
+    backing reference, in the full image's format.  Restoring a point
+    costs about its images' download, not a pass over the disk per link.
     """
-    paths = []
-    for link in lineage(images, image):
+    chain = lineage(images, image)
+    base = os.path.join(workdir, chain[0]['id'])
+    fetch(images, chain[0], base, progress)
+    for link in chain[1:]:
         path = os.path.join(workdir, link['id'])
         fetch(images, link, path, progress)
-        if paths:
-            qemu_img.set_backing(path, paths[-1], 'qcow2')
-        paths.append(path)
-    return paths
+        qemu_img.set_backing(path, base, 'qcow2')
+        qemu_img.commit(path)
+        os.unlink(path)
+    return base
 
 
 def flat_properties(image: dict) -> Dict[str, str]:
@@ -499,10 +503,9 @@ def flatten(images: Any, image_id: str, name: str, workdir: str,
             progress: Callable[[int], None] = lambda _n: None) -> str:
     """Write point ``image_id`` as one full, bootable image; its id."""
     image = images.get(image_id)
-    paths = assemble(images, image, workdir, progress)
-    flat = os.path.join(workdir, 'flat.qcow2')
-    qemu_img.convert(paths[-1], 'qcow2', flat, 'qcow2', untrusted=True)
-    digests = digest.both_of_file(flat, 'qcow2')
+    flat = assemble(images, image, workdir, progress)
+    fmt = image['disk_format']
+    digests = digest.both_of_file(flat, fmt, untrusted=True)
     expected, tree = digest.recorded(image)
     actual = digests.tree if tree else digests.sha256
     if actual != expected:
@@ -513,8 +516,8 @@ def flatten(images: Any, image_id: str, name: str, workdir: str,
                                        **digests.properties()))
     try:
         with open(flat, 'rb') as data:
-            images.upload(created['id'], data, os.path.getsize(flat),
-                          'qcow2', {})
+            images.upload(created['id'], data, os.path.getsize(flat), fmt,
+                          {})
     except Exception:
         images.delete(created['id'])
         raise

@@ -237,9 +237,10 @@ def of_file(path: str, image_format: str, untrusted: bool = False,
             return of_export(client, tree)
 
 
-def both_of_file(path: str, image_format: str) -> Digests:
+def both_of_file(path: str, image_format: str,
+                 untrusted: bool = False) -> Digests:
     """Both digests of an image file, in one read."""
-    with qemu_nbd.serve(path, image_format, False) as sock:
+    with qemu_nbd.serve(path, image_format, untrusted) as sock:
         with nbd.Client(sock, qemu_nbd.EXPORT) as client:
             return ContentDigest(client.read, client.size, client.extents(),
                                  tree=True).result()

@@ -141,6 +141,16 @@ def set_backing(path: str, backing_file: str, backing_format: str) -> None:
              prlimit=QEMU_IMG_LIMITS)
 
 
+def commit(path: str) -> None:
+    """Write ``path``'s clusters into its backing file (``commit -d``).
+
+    The top file is left as it is (it is deleted next).  Runs under
+    UNTRUSTED_LIMITS: the files came from Glance.
+    """
+    _execute('qemu-img', 'commit', '-q', '-d', '-f', 'qcow2', path,
+             prlimit=UNTRUSTED_LIMITS)
+
+
 def convert_nbd(socket_path: str, export: str, dest: str, dest_format: str,
                 compress: bool = False) -> None:
     """Copy an NBD export (raw disk content) into a flat image file.

@@ -229,12 +229,11 @@ class Revert:
         """Every disk beside its original and the memory state, proven."""
         for target, names in zip(self.plan.disks, files):
             image = target.image
-            downloads = chains.assemble(self._images, image, workdir,
-                                        self._progress)
-            _rebuild(downloads[-1], image['disk_format'], target.disk,
+            download = chains.assemble(self._images, image, workdir,
+                                       self._progress)
+            _rebuild(download, image['disk_format'], target.disk,
                      names['staged'])
-            for download in downloads:
-                os.unlink(download)
+            os.unlink(download)
             expected, tree = digest.recorded(image)
             actual = digest.of_file(names['staged'], target.disk.format,
                                     tree=tree)

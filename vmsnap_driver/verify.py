@@ -126,14 +126,15 @@ def _rebuild_chain(images: glance.ImageService, image: dict,
     workdir = os.path.join(directory, 'chain')
     os.mkdir(workdir)
     try:
-        paths = chains.assemble(images, image, workdir)
+        chain = chains.lineage(images, image)
+        path = chains.assemble(images, image, workdir)
     except (exception.ChainBroken, exception.ImageCorrupt) as e:
         checks.append(Check('chain', False, str(e)))
         return None
     checks.append(Check('chain', True, 'rebuilt from %d images, full one '
-                        'first: %s' % (len(paths), ' <- '.join(
-                            os.path.basename(p) for p in paths))))
-    return paths[-1]
+                        'first: %s' % (len(chain), ' <- '.join(
+                            i['id'] for i in chain))))
+    return path
 
 
 def _memory_check(image: dict, path: str, directory: str) -> Check:

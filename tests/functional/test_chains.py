@@ -212,7 +212,7 @@ def test_a_chain_uploads_what_changed_and_every_point_restores(
 
 def test_a_delta_is_refused_when_it_cannot_be_trusted(
         service, guest, glance, cleanup, conn):
-    svc = service(libvirt={'max_chain_length': '2'})
+    svc = service(libvirt={'max_chain_length': '3'})
 
     def take(name):
         image_id = _snapshot(svc, guest, name, cleanup,
@@ -243,13 +243,21 @@ def test_a_delta_is_refused_when_it_cannot_be_trusted(
     delta = take('c2')
     assert delta['vmsnap_delta'] == 'true', delta['vmsnap_mode_reason']
 
-    # The chain holds max_chain_length (2) images: a new one starts.
-    parent = take('c3')
-    full_because(parent, 'already holds max_chain_length (2)')
+    # Saved and restored (managedsave, as a cold snapshot or a host
+    # shutdown does): the bitmap went to the qcow2 and came back.
+    guest.dom.managedSave(0)
+    guest.dom.create()
+    delta = take('c3')
+    assert delta['vmsnap_delta'] == 'true', delta['vmsnap_mode_reason']
+    assert delta['vmsnap_chain_depth'] == '2'
+
+    # The chain holds max_chain_length (3) images: a new one starts.
+    parent = take('c4')
+    full_because(parent, 'already holds max_chain_length (3)')
 
     # Its parent deleted from Glance.
     glance.images.delete(parent['id'])
-    full_because(take('c4'), 'is gone from Glance')
+    full_because(take('c5'), 'is gone from Glance')
 
 
 def test_a_failed_delta_leaves_the_chain_usable(
@@ -289,12 +297,12 @@ def test_a_failed_delta_leaves_the_chain_usable(
     # included, is in the delta: the rebuilt point equals the guest's disk
     # at its instant.
     workdir = tempfile.mkdtemp(dir=workroot)
-    paths = chains.assemble(images, images.get(retried), workdir)
-    assert digest.of_file(paths[-1], 'qcow2', tree=True) == image[
+    point = chains.assemble(images, images.get(retried), workdir)
+    assert digest.of_file(point, 'qcow2', tree=True) == image[
         'vmsnap_content_tree_sha256']
     flat = os.path.join(workdir, 'flat.raw')
     subprocess.run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
-                    paths[-1], flat], check=True)
+                    point, flat], check=True)
     found = testguest.read_ext4_files(flat, 'raw', ['a.bin'], workdir)
     assert hashlib.sha256(found['files']['a.bin']).hexdigest() == a
     glance.images.update(full, protected=False)

@@ -188,6 +188,47 @@ def test_rebuild_onto_own_snapshot_reverts_with_memory(
         guest.destroy()
 
 
+def test_incremental_snapshots_and_a_rebuild_onto_a_delta(
+        nova_driver, conn, workroot, glance):
+    """The request property works inside Nova, and a delta reverts."""
+    guest = testguest.TestGuest(
+        conn, tempfile.mkdtemp(dir=workroot, prefix='guest-'), agent=True)
+    created = []
+    try:
+        guest.start()
+        context = nova_context.RequestContext('user', 'project',
+                                              auth_token='a-token')
+
+        def snapshot(name):
+            image = glance.images.create(name=name,
+                                         vmsnap_incremental='true')
+            created.append(image['id'])
+            nova_driver.snapshot(context, make_instance(guest), image['id'],
+                                 ManagerTaskStates())
+            return glance.images.get(image['id'])
+        full = snapshot('nova chain 0')
+        assert guest.run('echo one > /mnt/one && sync')[0] == 0
+        delta = snapshot('nova chain 1')
+        assert full['vmsnap_delta'] == 'false'
+        assert delta['vmsnap_delta'] == 'true'
+        assert delta['vmsnap_parent_image_id'] == full['id']
+        assert glance.images.get(full['id'])['protected'] is True
+        assert 'not bootable alone' in delta['name']
+
+        assert guest.run('echo two > /mnt/two && sync')[0] == 0
+        instance = make_instance(guest)
+        instance.task_state = task_states.REBUILDING
+        nova_driver.rebuild(**rebuild_kwargs(context, instance,
+                                             delta['id']))
+        assert guest.run('cat /mnt/one') == (0, 'one\n')
+        assert guest.run('test -e /mnt/two')[0] == 1
+    finally:
+        for image_id in reversed(created):
+            glance.images.update(image_id, protected=False)
+            glance.images.delete(image_id)
+        guest.destroy()
+
+
 def test_vmsnap_section_is_listed_for_nova_conf():
     import subprocess
     import sys
