@@ -295,7 +295,7 @@ def reverted(guest: guest_mod.Guest, state_path: str) -> None:
         _write(state_path, guest.uuid, record)
     for name in guest.checkpoints():
         if name.startswith(CHECKPOINT_PREFIX):
-            guest.delete_checkpoint(name, metadata_only=True)
+            _undefine(guest, name)
 
 
 def _tidy(guest: guest_mod.Guest, keep: Optional[str]) -> None:
@@ -304,12 +304,7 @@ def _tidy(guest: guest_mod.Guest, keep: Optional[str]) -> None:
         if not name.startswith(CHECKPOINT_PREFIX):
             continue
         if name == keep:
-            try:
-                guest.delete_checkpoint(name, metadata_only=True)
-            except exception.HypervisorError as e:
-                LOG.warning('The definition of checkpoint %(name)s stays: '
-                            '%(error)s', {'name': name, 'error': e},
-                            instance_uuid=guest.uuid)
+            _undefine(guest, name)
         else:
             _forget_checkpoint(guest, name)
 
@@ -352,12 +347,17 @@ def _forget_checkpoint(guest: guest_mod.Guest, name: str) -> None:
     try:
         guest.delete_checkpoint(name)
     except exception.HypervisorError:
-        try:
-            guest.delete_checkpoint(name, metadata_only=True)
-        except exception.HypervisorError as e:
-            LOG.warning('Checkpoint %(name)s could not be deleted: '
-                        '%(error)s', {'name': name, 'error': e},
-                        instance_uuid=guest.uuid)
+        _undefine(guest, name)
+
+
+def _undefine(guest: guest_mod.Guest, name: str) -> None:
+    """Delete a checkpoint's definition; its bitmap stays in the qcow2."""
+    try:
+        guest.delete_checkpoint(name, metadata_only=True)
+    except exception.HypervisorError as e:
+        LOG.warning('The definition of checkpoint %(name)s stays: '
+                    '%(error)s', {'name': name, 'error': e},
+                    instance_uuid=guest.uuid)
 
 
 def _path(state_path: str, instance_uuid: str) -> str:
