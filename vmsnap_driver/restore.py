@@ -141,9 +141,11 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str,
                 memory.get(memory_image.OF_PROPERTY) != image['id']):
             refuse('its memory image %s is missing or not active'
                    % image[memory_image.LINK_PROPERTY])
-        problem = (memory_image.unsealed(seal_key(), memory, image['id'],
-                                         guest.uuid)
-                   or memory_image.misfit(memory, guest.machine()))
+        problem = memory_image.unsealed(seal_key(), memory, image['id'],
+                                        guest.uuid)
+        if problem:
+            refuse(problem)
+        problem = memory_image.misfit(memory, guest.machine())
         if problem:
             refuse(problem + '; a memory state resumes only in the machine '
                              'it was saved from')

@@ -183,16 +183,17 @@ def test_refused_and_failed_reverts_leave_the_guest_running(
     glance.images.upload(foreign['id'], io.BytesIO(b'\0' * 512))
     refused(foreign['id'], 'not a snapshot of this server')
     refused(memory_id, 'is the memory state of snapshot')
-    # A memory state that does not fit the domain: refused before anything.
-    glance.images.update(memory_id, vmsnap_memory_mib='4096')
-    refused(image_id, 'saved with 4096 MiB of RAM, the domain now has 192')
-    glance.images.update(memory_id, vmsnap_memory_mib='192')
-    # A memory state its owner altered (here: its recorded sha256, as if
-    # the bytes were swapped) never reaches QEMU: its seal fails.
+    # A memory state its owner altered (its recorded sha256, as if the
+    # bytes were swapped, or the machine it fits) never reaches QEMU: its
+    # seal fails, before anything is downloaded.
     sha_was = glance.images.get(memory_id)['vmsnap_memory_sha256']
-    glance.images.update(memory_id, vmsnap_memory_sha256='1' * 64)
-    refused(image_id, 'is not sealed by this deployment')
-    glance.images.update(memory_id, vmsnap_memory_sha256=sha_was)
+    for edit, back in (({'vmsnap_memory_sha256': '1' * 64},
+                        {'vmsnap_memory_sha256': sha_was}),
+                       ({'vmsnap_memory_mib': '4096'},
+                        {'vmsnap_memory_mib': '192'})):
+        glance.images.update(memory_id, **edit)
+        refused(image_id, 'is not sealed by this deployment')
+        glance.images.update(memory_id, **back)
     assert guest.boots() == 1 and guest.run('test -e %s' % MARKER)[0] == 0
 
     # A snapshot whose disk is not what its record says: staged, found

@@ -40,3 +40,16 @@ def test_any_edit_or_other_key_breaks_the_seal(tmp_path):
                                                  'u-1')
     del image[memory_image.SEAL_PROPERTY]
     assert memory_image.unsealed(key, image, 'disk-1', 'u-1')
+
+
+def test_a_state_that_does_not_fit_the_domain_says_why():
+    image = {'id': 'mem-1', 'vmsnap_machine_type': 'pc-q35-7.2',
+             'vmsnap_cpu_mode': 'custom', 'vmsnap_cpu_model': 'qemu64',
+             'vmsnap_memory_mib': '4096'}
+    machine = {'machine_type': 'pc-q35-7.2', 'cpu_mode': 'custom',
+               'cpu_model': 'qemu64', 'memory_mib': '192'}
+    assert memory_image.misfit(image, machine) == (
+        'the memory state was saved with 4096 MiB of RAM, the domain now '
+        'has 192 MiB of RAM')
+    image['vmsnap_memory_mib'] = '192'
+    assert memory_image.misfit(image, machine) is None

@@ -64,18 +64,22 @@ def nbd_export(guest: guest_mod.Guest, disks: List[guest_mod.Disk],
               instance_uuid=guest.uuid)
 
     def end() -> None:
-        try:
-            guest.abort_job()
-        except exception.HypervisorError:
-            # A guest that shut down, or a domain deleted, took its job
-            # along: only a job still there is a failure.
-            if guest.backup_socket() == socket_path:
-                raise
+        _end_job(guest, socket_path)
         record.update(backup_socket=None)
         LOG.debug('Backup job of %(disks)s ended', {'disks': targets},
                   instance_uuid=guest.uuid)
     with base.undone_on_exit(end, 'Ending the backup job', guest):
         yield socket_path
+
+
+def _end_job(guest: guest_mod.Guest, socket_path: str) -> None:
+    try:
+        guest.abort_job()
+    except exception.HypervisorError:
+        # A guest that shut down, or a domain deleted, took its job
+        # along: only a job still there is a failure.
+        if guest.backup_socket() == socket_path:
+            raise
 
 
 def _none_left(guest: guest_mod.Guest, socket_path: str) -> bool:
@@ -87,7 +91,7 @@ def _none_left(guest: guest_mod.Guest, socket_path: str) -> bool:
     """
     try:
         if guest.backup_socket() == socket_path:
-            guest.abort_job()
+            _end_job(guest, socket_path)
         return True
     except exception.HypervisorError as e:
         LOG.error('Whether the failed backup job started anyway is not '
