@@ -367,14 +367,23 @@ class Guest:
             return self._domain.fsFreeze(None, 0)
 
     def thaw_filesystems(self) -> int:
-        """Thaw, then give the agent back libvirt's default timeout."""
+        """Thaw, then give the agent back libvirt's default timeout.
+
+        A guest that stopped or was deleted meanwhile took its freeze
+        along: libvirt's "not running" is an answer, not a failure.
+        """
         try:
-            with self._translated('thaw the filesystems'):
+            try:
                 return self._domain.fsThaw(None, 0)
+            except libvirt.libvirtError as e:
+                self._raise_unless_gone(e, 'thaw the filesystems')
+                return 0
         finally:
-            with self._translated('reset the guest agent timeout'):
+            try:
                 self._domain.agentSetResponseTimeout(
                     libvirt.VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_DEFAULT, 0)
+            except libvirt.libvirtError as e:
+                self._raise_unless_gone(e, 'reset the guest agent timeout')
 
     # -- backup jobs --------------------------------------------------
     def backup_begin(self, targets: List[str], socket_path: str,

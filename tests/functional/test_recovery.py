@@ -7,6 +7,7 @@ half-written image behind.  Real libvirtd, real guests, the local Glance.
 
 import glob
 import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -218,6 +219,19 @@ def _snapshot_in_background(driver, guest, image_id):
     return thread, outcome
 
 
+def _thawed(conf):
+    directory = os.path.join(conf.state_path, 'operations')
+    for name in os.listdir(directory):
+        try:
+            with open(os.path.join(directory, name)) as f:
+                facts = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if facts.get('backup_socket') and not facts.get('frozen'):
+            return True
+    return False
+
+
 def _assert_nothing_left(conf, guest):
     state = conf.state_path
     assert os.listdir(os.path.join(state, 'operations')) == []
@@ -242,7 +256,11 @@ def test_guest_gone_mid_snapshot_fails_cleanly(
         image_id = queued_image()
         thread, outcome = _snapshot_in_background(load_driver(), guest,
                                                   image_id)
-        _wait(lambda: _backup_running(guest), 'the backup job')
+        # Past the capture's instant: the job runs and the filesystems are
+        # thawed (an agent command sent while they are frozen can stall the
+        # agent, and the thaw behind it).
+        _wait(lambda: _backup_running(guest) and _thawed(conf),
+              'the backup job, filesystems thawed')
         if what == 'deleted':
             guest.dom.destroy()
             guest.dom.undefine()
