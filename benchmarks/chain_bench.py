@@ -94,7 +94,7 @@ def snapshot(driver, glance, instance, name: str, incremental: bool,
 def restore_chain(images, image: dict, full: dict, workdir: str) -> float:
     """Download the chain and write each delta into its parent."""
     started = time.monotonic()
-    point = chains.assemble(images, image, workdir)
+    point = chains.assemble(images, chains.lineage(images, image), workdir)
     seconds = time.monotonic() - started
     found = digest.both_of_file(point, 'qcow2')
     assert found.tree == image['vmsnap_content_tree_sha256']

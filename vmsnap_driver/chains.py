@@ -161,7 +161,7 @@ def plan(guest: guest_mod.Guest, images: Any, state_path: str,
                 % (parent['id'], parent[CHECKPOINT_PROPERTY]), name,
                 checkpoint, parent=parent, chain_id=record['chain_id'],
                 depth=record['depth'] + 1,
-                parent_blocks=_read_blocks(state_path, guest.uuid,
+                parent_blocks=_read_blocks(state_path, guest.uuid, record,
                                            parent['id'], virtual_size))
 
 
@@ -377,16 +377,18 @@ def _blocks_path(state_path: str, instance_uuid: str) -> str:
     return _path(state_path, instance_uuid)[:-len('.json')] + '.blocks'
 
 
-def _read_blocks(state_path: str, instance_uuid: str, image_id: str,
-                 virtual_size: int) -> Optional[bytes]:
-    """The block digests of ``image_id`` if this host has them whole."""
-    record = _read(state_path, instance_uuid)
+def _read_blocks(state_path: str, instance_uuid: str, record: dict,
+                 image_id: str, virtual_size: int) -> Optional[bytes]:
+    """The block digests of ``image_id`` if this host has them whole.
+
+    :param record: the server's chain record, which says whose they are.
+    """
     try:
         with open(_blocks_path(state_path, instance_uuid), 'rb') as f:
             blocks = f.read()
     except FileNotFoundError:
         return None
-    if (not record or record.get('blocks_of') != image_id
+    if (record.get('blocks_of') != image_id
             or len(blocks) != digest.block_count(virtual_size)
             * digest.DIGEST_SIZE):
         return None
@@ -473,18 +475,18 @@ def fetch(images: Any, image: dict, dest: str,
     image_safety.check(dest, image.get('disk_format'), image['id'])
 
 
-def assemble(images: Any, image: dict, workdir: str,
+def assemble(images: Any, chain: List[dict], workdir: str,
              progress: Callable[[int], None] = lambda _n: None) -> str:
-    """Download the point ``image`` and the chain under it, as one file.
+    """Download a point's ``chain`` (its :func:`lineage`) as one file.
 
     The full image is downloaded into ``workdir``; each delta after it is
     downloaded, inspected as untrusted, put on that file as its backing
     (by vmsnap) and committed into it, which writes only the delta's
-    clusters: the file then holds the disk at ``image``'s instant, with no
-    backing reference, in the full image's format.  Restoring a point
-    costs about its images' download, not a pass over the disk per link.
+    clusters: the file then holds the disk at the last image's instant,
+    with no backing reference, in the full image's format.  Restoring a
+    point costs about its images' download, not a pass over the disk per
+    link.
     """
-    chain = lineage(images, image)
     base = os.path.join(workdir, chain[0]['id'])
     fetch(images, chain[0], base, progress)
     for link in chain[1:]:
@@ -506,11 +508,15 @@ def flat_properties(image: dict) -> Dict[str, str]:
     return properties
 
 
-def flatten(images: Any, image_id: str, name: str, workdir: str,
+def flatten(images: Any, chain: List[dict], name: str, workdir: str,
             progress: Callable[[int], None] = lambda _n: None) -> str:
-    """Write point ``image_id`` as one full, bootable image; its id."""
-    image = images.get(image_id)
-    flat = assemble(images, image, workdir, progress)
+    """Write a point (its :func:`lineage`) as one full, bootable image.
+
+    Returns the new image's id.
+    """
+    image = chain[-1]
+    image_id = image['id']
+    flat = assemble(images, chain, workdir, progress)
     fmt = image['disk_format']
     digests = digest.both_of_file(flat, fmt, untrusted=True)
     expected, tree = digest.recorded(image)

@@ -23,9 +23,13 @@ import dataclasses
 import hashlib
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
+from oslo_log import log as logging
+
 from vmsnap_driver import image_properties
 from vmsnap_driver import nbd
 from vmsnap_driver import qemu_nbd
+
+LOG = logging.getLogger(__name__)
 
 ALGORITHM = 'sha256'
 ZEROS = bytes(4 * 1024 * 1024)
@@ -166,9 +170,6 @@ class ContentDigest:
             tree=tree_of(blocks) if blocks is not None else None,
             blocks=blocks)
 
-    def hexdigest(self) -> str:
-        return self.result().sha256
-
 
 def blocks_of(extents: Iterable[nbd.Extent]) -> List[int]:
     """The indexes of the blocks ``extents`` touch, in order."""
@@ -217,11 +218,33 @@ def recorded(image: dict) -> Tuple[Optional[str], bool]:
     return image.get(TREE_PROPERTY), True
 
 
-def of_export(client: nbd.Client, tree: bool = False) -> str:
-    """A digest of a whole NBD export, reading only its data runs."""
-    result = ContentDigest(client.read, client.size, client.extents(),
-                           plain=not tree, tree=tree).result()
-    return result.tree if tree else result.sha256
+def of_delta(read: Reader, size: int, extents: List[nbd.Extent],
+             changed: List[nbd.Extent],
+             base: Optional[bytes]) -> Digests:
+    """A delta's digests, from the blocks that ``changed``.
+
+    ``base`` is its parent's block digests; without them the whole disk
+    is read, and both digests are recorded.
+    """
+    if base is None:
+        LOG.warning('The parent\'s block digests are not on this host: the '
+                    'whole disk is read for the delta\'s digests')
+        return ContentDigest(read, size, extents, tree=True).result()
+    return update_blocks(base, size, blocks_of(changed), extents, read)
+
+
+def of_export(client: nbd.Client, plain: bool = True,
+              tree: bool = False) -> Digests:
+    """The digests of a whole NBD export, reading only its data runs."""
+    return ContentDigest(client.read, client.size, client.extents(),
+                         plain=plain, tree=tree).result()
+
+
+def _of_file(path: str, image_format: str, untrusted: bool, plain: bool,
+             tree: bool) -> Digests:
+    with qemu_nbd.serve(path, image_format, untrusted) as sock:
+        with nbd.Client(sock, qemu_nbd.EXPORT) as client:
+            return of_export(client, plain, tree)
 
 
 def of_file(path: str, image_format: str, untrusted: bool = False,
@@ -232,15 +255,11 @@ def of_file(path: str, image_format: str, untrusted: bool = False,
         image_safety): read it under resource limits.
     :param tree: the tree digest instead of the plain sha256.
     """
-    with qemu_nbd.serve(path, image_format, untrusted) as sock:
-        with nbd.Client(sock, qemu_nbd.EXPORT) as client:
-            return of_export(client, tree)
+    found = _of_file(path, image_format, untrusted, not tree, tree)
+    return found.tree if tree else found.sha256
 
 
 def both_of_file(path: str, image_format: str,
                  untrusted: bool = False) -> Digests:
     """Both digests of an image file, in one read."""
-    with qemu_nbd.serve(path, image_format, untrusted) as sock:
-        with nbd.Client(sock, qemu_nbd.EXPORT) as client:
-            return ContentDigest(client.read, client.size, client.extents(),
-                                 tree=True).result()
+    return _of_file(path, image_format, untrusted, True, True)

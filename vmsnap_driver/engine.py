@@ -259,18 +259,9 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
             changed = client.dirty()
             encoded = image_stream.qcow2_delta(client.size, extents, changed,
                                                client.read)
-
-            def digests() -> digest.Digests:
-                if link.parent_blocks is None:
-                    LOG.warning('This host lacks the block digests of '
-                                'parent %s: the whole disk is read for the '
-                                'delta\'s digest', link.parent['id'])
-                    return digest.ContentDigest(
-                        client.read, client.size, extents,
-                        tree=True).result()
-                return digest.update_blocks(
-                    link.parent_blocks, client.size,
-                    digest.blocks_of(changed), extents, client.read)
+            digests = functools.partial(
+                digest.of_delta, client.read, client.size, extents, changed,
+                link.parent_blocks)
         else:
             content = digest.ContentDigest(client.read, client.size, extents,
                                            tree=chained)

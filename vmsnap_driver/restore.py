@@ -231,8 +231,8 @@ class Revert:
         """Every disk beside its original and the memory state, proven."""
         for target, names in zip(self.plan.disks, files):
             image = target.image
-            download = chains.assemble(self._images, image, workdir,
-                                       self._progress)
+            download = chains.assemble(self._images, target.lineage,
+                                       workdir, self._progress)
             _rebuild(download, image['disk_format'], target.disk,
                      names['staged'])
             os.unlink(download)

@@ -127,7 +127,7 @@ def _rebuild_chain(images: glance.ImageService, image: dict,
     os.mkdir(workdir)
     try:
         chain = chains.lineage(images, image)
-        path = chains.assemble(images, image, workdir)
+        path = chains.assemble(images, chain, workdir)
     except (exception.ChainBroken, exception.ImageCorrupt) as e:
         checks.append(Check('chain', False, str(e)))
         return None

@@ -86,7 +86,8 @@ def assert_image_holds(glance, image_id, guest, workdir, window,
     # whatever the path that produced it.
     with qemu_nbd.serve(local, image_format) as sock:
         with nbd.Client(sock, qemu_nbd.EXPORT) as client:
-            assert digest.of_export(client) == image['vmsnap_content_sha256']
+            assert digest.of_export(client).sha256 == image[
+                'vmsnap_content_sha256']
     assert image['vmsnap_consistency'] == consistency
     assert image['vmsnap_disks'] == 'vda'
 

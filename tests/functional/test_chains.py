@@ -297,7 +297,8 @@ def test_a_failed_delta_leaves_the_chain_usable(
     # included, is in the delta: the rebuilt point equals the guest's disk
     # at its instant.
     workdir = tempfile.mkdtemp(dir=workroot)
-    point = chains.assemble(images, images.get(retried), workdir)
+    point = chains.assemble(
+        images, chains.lineage(images, images.get(retried)), workdir)
     assert digest.of_file(point, 'qcow2', tree=True) == image[
         'vmsnap_content_tree_sha256']
     flat = os.path.join(workdir, 'flat.raw')

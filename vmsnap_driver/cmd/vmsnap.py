@@ -118,12 +118,12 @@ def _flatten() -> int:
     images = glance.ImageService(CONF)
     workdir = _workdir()
     try:
-        image = images.get(CONF.command.image_id)
-        size = sum(i.get('size') or 0 for i in chains.lineage(images, image))
-        bar = progress.Progress(size, 'downloading',
+        chain = chains.lineage(images, images.get(CONF.command.image_id))
+        bar = progress.Progress(sum(i.get('size') or 0 for i in chain),
+                                'downloading',
                                 enabled=not CONF.command.no_progress)
-        image_id = chains.flatten(images, CONF.command.image_id,
-                                  CONF.command.name, workdir, bar.update)
+        image_id = chains.flatten(images, chain, CONF.command.name, workdir,
+                                  bar.update)
         bar.finish()
     except exception.VmsnapException as e:
         print('ERROR: %s' % e, file=sys.stderr)
