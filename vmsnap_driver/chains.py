@@ -31,7 +31,7 @@ hard reboot, resize and delete.  A snapshot redefines it from the record.
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 import uuid as uuidlib
 from xml.etree import ElementTree
 
@@ -498,14 +498,38 @@ def assemble(images: Any, chain: List[dict], workdir: str,
     return base
 
 
+def unchained_properties(image: dict) -> Dict[str, str]:
+    """An image's own properties, but those that place it in a chain."""
+    return {key: value for key, value in image.items()
+            if key not in glance.CORE_FIELDS
+            and key not in CHAIN_PROPERTIES
+            and isinstance(value, str)}
+
+
 def flat_properties(image: dict) -> Dict[str, str]:
     """A delta's properties, as those of a full snapshot of that point."""
-    properties = {key: value for key, value in image.items()
-                  if key not in glance.CORE_FIELDS
-                  and key not in CHAIN_PROPERTIES
-                  and isinstance(value, str)}
-    properties['vmsnap_flattened_from'] = image['id']
-    return properties
+    return dict(unchained_properties(image),
+                vmsnap_flattened_from=image['id'])
+
+
+def rebuild(images: Any, chain: List[dict], workdir: str,
+            progress: Callable[[int], None] = lambda _n: None
+            ) -> Tuple[str, digest.Digests]:
+    """A point (its :func:`lineage`) as one file, proven; and its digests.
+
+    The file holds the point's whole disk, in its full image's format,
+    and both digests are computed, so that it can stand as a full image.
+    """
+    image = chain[-1]
+    flat = assemble(images, chain, workdir, progress)
+    digests = digest.both_of_file(flat, image['disk_format'], untrusted=True)
+    expected, tree = digest.recorded(image)
+    actual = digests.tree if tree else digests.sha256
+    if actual != expected:
+        raise exception.ImageCorrupt(
+            image_id=image['id'], reason='the rebuilt point has content '
+            'digest %s, the snapshot recorded %s' % (actual, expected))
+    return flat, digests
 
 
 def flatten(images: Any, chain: List[dict], name: str, workdir: str,
@@ -515,26 +539,17 @@ def flatten(images: Any, chain: List[dict], name: str, workdir: str,
     Returns the new image's id.
     """
     image = chain[-1]
-    image_id = image['id']
-    flat = assemble(images, chain, workdir, progress)
-    fmt = image['disk_format']
-    digests = digest.both_of_file(flat, fmt, untrusted=True)
-    expected, tree = digest.recorded(image)
-    actual = digests.tree if tree else digests.sha256
-    if actual != expected:
-        raise exception.ImageCorrupt(
-            image_id=image_id, reason='the rebuilt point has content digest '
-            '%s, the snapshot recorded %s' % (actual, expected))
+    flat, digests = rebuild(images, chain, workdir, progress)
     created = images.create(name, dict(flat_properties(image),
                                        **digests.properties()))
     try:
         with open(flat, 'rb') as data:
-            images.upload(created['id'], data, os.path.getsize(flat), fmt,
-                          {})
+            images.upload(created['id'], data, os.path.getsize(flat),
+                          image['disk_format'], {})
     except Exception:
         images.delete(created['id'])
         raise
     LOG.info('Point %(point)s of chain %(chain)s flattened into image '
-             '%(image)s', {'point': image_id, 'image': created['id'],
+             '%(image)s', {'point': image['id'], 'image': created['id'],
                            'chain': image.get(CHAIN_ID_PROPERTY)})
     return created['id']

@@ -10,6 +10,7 @@ from typing import Any, List, Optional
 from oslo_concurrency import lockutils
 from oslo_config import cfg
 
+from vmsnap_driver import archive
 from vmsnap_driver import config
 from vmsnap_driver import engine
 from vmsnap_driver import glance
@@ -74,6 +75,22 @@ class LibvirtDriver:
                            self._conf.state_path,
                            self._conf.libvirt.snapshots_directory,
                            self._seal_key, progress or (lambda _n: None))
+
+    def import_archive(self, path: str,
+                       define: Optional[archive.DefineRequest] = None,
+                       progress: Optional[restore.Progress] = None
+                       ) -> archive.Imported:
+        """Bring an exported snapshot (an OVA) back as images, and a guest.
+
+        With ``define`` the guest is defined on this host from the
+        archived domain XML, and started on request.  The archive is
+        untrusted and proven whole first; an import that fails leaves
+        nothing, even when the process is killed (its journal record).
+        """
+        return archive.import_archive(
+            self._images, self._host, path, self._conf.state_path,
+            self._seal_key, define=define, lock=_instance_lock,
+            progress=progress or (lambda _n: None))
 
     def _seal_key(self) -> bytes:
         return memory_image.seal_key(

@@ -21,6 +21,7 @@ from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import chains as snapshot_chains
 from vmsnap_driver import decide
 from vmsnap_driver import digest
+from vmsnap_driver import domain_record
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import host as host_mod
@@ -160,6 +161,7 @@ class SnapshotEngine:
             image_format=libvirt_conf.snapshot_image_format,
             compress=compress, state=state, memory=memory,
             machine=guest.machine() if memory else {},
+            domain_xml=guest.inactive_xml(),
             streamed=strategy.exports_nbd(state) and not compress)
 
     def _capture_and_upload(self, instance: Any, plan: '_Plan',
@@ -189,6 +191,8 @@ class SnapshotEngine:
                         instance, plan.record(disk, view)))
                 if disk is plan.disks[0]:
                     properties.update(plan.link.properties())
+                    properties.update(
+                        domain_record.properties(plan.domain_xml))
                 if plan.streamed:
                     found[disk.target] = _upload_export(
                         images, group.image_id(disk), view, fmt, properties,
@@ -302,6 +306,8 @@ class _Plan:
     state: str
     memory: bool
     machine: dict
+    # The definition at snapshot time, recorded for an export.
+    domain_xml: str
 
     def space_needed(self) -> int:
         flat = 0 if self.streamed else sum(_flat_size(c)

@@ -134,3 +134,18 @@ class ChainBroken(VmsnapException):
     msg_fmt = ('Image %(image_id)s cannot be restored: its chain is broken: '
                '%(reason)s. Restore an earlier point of the chain, or a full '
                'snapshot.')
+
+
+class ArchiveInvalid(VmsnapException):
+    msg_fmt = ('The archive is refused at member %(member)s: %(reason)s. '
+               'Nothing was imported; export the snapshot again, or fix '
+               'the archive.')
+
+
+class ImportRefused(VmsnapException):
+    msg_fmt = ('The archive cannot be imported here: %(reason)s. Nothing '
+               'was imported.')
+
+
+class ExportRefused(VmsnapException):
+    msg_fmt = 'Image %(image_id)s cannot be exported: %(reason)s.'

@@ -123,6 +123,14 @@ class _Domain:
         return call
 
 
+def memory_kib(root: ElementTree.Element) -> int:
+    """A domain XML's ``<memory>``, in KiB whatever its unit."""
+    memory = root.find('./memory')
+    factor = {'KiB': 1, 'k': 1, 'MiB': 1024, 'M': 1024,
+              'GiB': 1024 ** 2, 'G': 1024 ** 2}
+    return int(memory.text) * factor.get(memory.get('unit', 'KiB'), 1)
+
+
 class Guest:
     """One libvirt domain, found by the instance's UUID.
 
@@ -169,10 +177,7 @@ class Guest:
         os_type = root.find('./os/type')
         cpu = root.find('./cpu')
         model = cpu.find('model') if cpu is not None else None
-        memory = root.find('./memory')
-        factor = {'KiB': 1, 'k': 1, 'MiB': 1024, 'M': 1024,
-                  'GiB': 1024 ** 2, 'G': 1024 ** 2}
-        kib = int(memory.text) * factor.get(memory.get('unit', 'KiB'), 1)
+        kib = memory_kib(root)
         return {
             'machine_type': os_type.get('machine', '') if os_type is not None
             else '',
@@ -268,6 +273,15 @@ class Guest:
         """Start the domain; from its managed save when it has one."""
         with self._translated('start the guest'):
             self._domain.create()
+
+    def destroy(self) -> None:
+        """Stop QEMU at once (an import that failed, nothing to keep)."""
+        with self._translated('stop the guest'):
+            self._domain.destroy()
+
+    def undefine(self) -> None:
+        with self._translated('undefine the domain'):
+            self._domain.undefine()
 
     def has_managed_save(self) -> bool:
         with self._translated('look for a managed save image'):

@@ -119,6 +119,31 @@ class Host:
             raise exception.InstanceNotFound(instance_uuid=name_or_uuid,
                                              uri=self.uri)
 
+    def define(self, xml: str) -> guest_mod.Guest:
+        """Define a persistent domain from ``xml``."""
+        conn = self._connection()
+        try:
+            return guest_mod.Guest(conn.defineXML(xml), self._domain)
+        except libvirt.libvirtError as e:
+            raise exception.HypervisorError(
+                action='define the domain', instance_uuid='-',
+                reason=e.get_error_message())
+
+    def has_domain(self, name: str, uuid: str) -> bool:
+        """Whether a domain with this name or this UUID is defined."""
+        conn = self._connection()
+        for lookup, key in ((conn.lookupByName, name),
+                            (conn.lookupByUUIDString, uuid)):
+            try:
+                lookup(key)
+                return True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise exception.HypervisorError(
+                        action='look up domain %s' % key,
+                        instance_uuid='-', reason=e.get_error_message())
+        return False
+
     def capabilities(self, virt_type: str = 'qemu') -> Capabilities:
         """Versions, plus the domain capabilities of ``virt_type`` guests."""
         conn = self._connection()

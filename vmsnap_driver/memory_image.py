@@ -28,6 +28,7 @@ import zstandard
 from vmsnap_driver.capture import base as capture_base
 from vmsnap_driver import exception
 from vmsnap_driver import image_properties
+from vmsnap_driver import streams
 
 CONTAINER_FORMAT = 'compressed'
 DISK_FORMAT = 'raw'
@@ -90,8 +91,8 @@ def seal_key(path: str) -> bytes:
     return key.encode()
 
 
-def _seal(key: bytes, memory_image: dict, disk_image_id: str,
-          instance_uuid: str) -> str:
+def seal(key: bytes, memory_image: dict, disk_image_id: str,
+         instance_uuid: str) -> str:
     """HMAC over what a restore trusts.
 
     The state's sha256, whose state it is, and the machine it resumes in.
@@ -107,7 +108,7 @@ def _seal(key: bytes, memory_image: dict, disk_image_id: str,
 def unsealed(key: bytes, memory_image: dict, disk_image_id: str,
              instance_uuid: str) -> Optional[str]:
     """Why the memory image's seal does not hold, or None."""
-    expected = _seal(key, memory_image, disk_image_id, instance_uuid)
+    expected = seal(key, memory_image, disk_image_id, instance_uuid)
     if not hmac.compare_digest(expected,
                                memory_image.get(SEAL_PROPERTY) or ''):
         return ('the memory image %s is not sealed by this deployment\'s '
@@ -137,40 +138,6 @@ def misfit(memory_image: dict, machine: Dict[str, str]) -> Optional[str]:
     return None
 
 
-class _ChunkReader:
-    """A file over an iterator of chunks, for zstd's stream reader."""
-
-    def __init__(self, chunks: Any, progress: Callable[[int], None]) -> None:
-        self._chunks = iter(chunks)
-        self._progress = progress
-        self._pending = b''
-
-    def read(self, size: int = -1) -> bytes:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return b''
-            self._progress(len(chunk))
-            self._pending = chunk
-        if size < 0:
-            size = len(self._pending)
-        data, self._pending = self._pending[:size], self._pending[size:]
-        return data
-
-
-class _HashingReader:
-    """A file whose reads are hashed on the way (the uncompressed bytes)."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-        self.hash = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        self.hash.update(data)
-        return data
-
-
 def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
            properties: Dict[str, str], disk_image_id: str,
            key: bytes) -> str:
@@ -181,7 +148,7 @@ def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
     """
     compressed = memory.path + '.zst'
     with open(memory.path, 'rb') as source, open(compressed, 'wb') as dest:
-        reader = _HashingReader(source)
+        reader = streams.HashingReader(source)
         zstandard.ZstdCompressor(level=LEVEL, threads=-1).copy_stream(
             reader, dest, read_size=CHUNK, write_size=CHUNK)
     sha256 = reader.hash.hexdigest()
@@ -192,9 +159,9 @@ def upload(images: Any, image_id: str, memory: capture_base.MemoryState,
         'vmsnap_memory_size': str(os.path.getsize(memory.path)),
         'vmsnap_memory_compression': COMPRESSION,
     })
-    properties[SEAL_PROPERTY] = _seal(key, dict(properties, id=image_id),
-                                      disk_image_id,
-                                      properties['instance_uuid'])
+    properties[SEAL_PROPERTY] = seal(key, dict(properties, id=image_id),
+                                     disk_image_id,
+                                     properties['instance_uuid'])
     try:
         with open(compressed, 'rb') as data:
             images.upload(image_id, data, os.path.getsize(compressed),
@@ -215,14 +182,14 @@ def download(images: Any, image: dict, dest: str, memory_mib: int,
     unpack(image, images.data(image['id']), dest, memory_mib, progress)
 
 
-def unpack(image: dict, chunks: Any, dest: str, memory_mib: int,
+def unpack(image: dict, chunks: Any, dest: Optional[str], memory_mib: int,
            progress: Callable[[int], None] = lambda _n: None) -> None:
     """Decompress the image's bytes (``chunks``) into ``dest``; prove them.
 
     An image is untrusted: decompression stops past what a guest of
     ``memory_mib`` can have saved, however small the compressed input.
     Raises ImageCorrupt when the bytes are not the ones recorded; ``dest``
-    is then removed.
+    is then removed.  With ``dest`` None the bytes are only proven.
     """
     limit = memory_mib * 1024 * 1024 + DEVICE_STATE_MARGIN
     expected = image.get(SHA256_PROPERTY)
@@ -233,11 +200,16 @@ def unpack(image: dict, chunks: Any, dest: str, memory_mib: int,
             image_id=image['id'], reason='it is not a vmsnap memory image '
             '(%s container, zstd, with %s)' % (CONTAINER_FORMAT,
                                                SHA256_PROPERTY))
+
+    def corrupt(reason: str) -> exception.ImageCorrupt:
+        if dest:
+            os.unlink(dest)
+        return exception.ImageCorrupt(image_id=image['id'], reason=reason)
     raw = hashlib.sha256()
     try:
-        with open(dest, 'wb') as out:
+        with open(dest or os.devnull, 'wb') as out:
             reader = zstandard.ZstdDecompressor().stream_reader(
-                _ChunkReader(chunks, progress))
+                streams.ChunkReader(chunks, progress))
             written = 0
             while True:
                 data = reader.read(CHUNK)
@@ -245,21 +217,18 @@ def unpack(image: dict, chunks: Any, dest: str, memory_mib: int,
                     break
                 written += len(data)
                 if written > limit:
-                    raise exception.ImageCorrupt(
-                        image_id=image['id'], reason='it decompresses to '
-                        'more than a guest of %d MiB can have saved'
-                        % memory_mib)
+                    raise corrupt('it decompresses to more than a guest of '
+                                  '%d MiB can have saved' % memory_mib)
                 raw.update(data)
                 out.write(data)
     except zstandard.ZstdError as e:
-        os.unlink(dest)
-        raise exception.ImageCorrupt(image_id=image['id'],
-                                     reason='it does not decompress: %s' % e)
+        raise corrupt('it does not decompress: %s' % e)
+    except exception.ImageCorrupt:
+        raise
     except Exception:
-        os.unlink(dest)
+        if dest:
+            os.unlink(dest)
         raise
     if raw.hexdigest() != expected:
-        os.unlink(dest)
-        raise exception.ImageCorrupt(
-            image_id=image['id'], reason='its sha256 is %s, the snapshot '
-            'recorded %s' % (raw.hexdigest(), expected))
+        raise corrupt('its sha256 is %s, the snapshot recorded %s'
+                      % (raw.hexdigest(), expected))

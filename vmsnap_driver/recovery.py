@@ -14,7 +14,9 @@ only what the record says vmsnap changed:
   images it created that never became ``active``;
 - a revert: :func:`vmsnap_driver.restore.settle` keeps a guest that runs
   on its new disks, or puts the old disks back and restores the guest from
-  its safety save.
+  its safety save;
+- an import: :func:`vmsnap_driver.archive.settle` removes the domain,
+  files and images of one that did not finish.
 
 Each action is logged with the instance UUID; what happened to each
 operation is returned, so a service can show it as a fault on the server.
@@ -28,6 +30,7 @@ from typing import Any, Callable, ContextManager, List, Optional
 
 from oslo_log import log as logging
 
+from vmsnap_driver import archive
 from vmsnap_driver.capture import cold
 from vmsnap_driver import chains
 from vmsnap_driver import exception
@@ -85,6 +88,8 @@ def _recover_one(host: Any, images: Any, record: journal.Record,
             guest = None
         if facts.get('kind') == restore.KIND:
             settled = _revert(guest, facts, state_path)
+        elif facts.get('kind') == archive.KIND:
+            settled = archive.settle(host, images, facts)
         else:
             settled = _snapshot(guest, facts, images, state_path)
     except Exception as e:  # one record must not stop the others

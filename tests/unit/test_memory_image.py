@@ -8,7 +8,7 @@ from vmsnap_driver import memory_image
 def _sealed(key, sha256='ab' * 32):
     image = {'id': 'mem-1', memory_image.SHA256_PROPERTY: sha256,
              'vmsnap_memory_mib': '192'}
-    image[memory_image.SEAL_PROPERTY] = memory_image._seal(
+    image[memory_image.SEAL_PROPERTY] = memory_image.seal(
         key, image, 'disk-1', 'u-1')
     return image
 

@@ -4,8 +4,10 @@
 IMAGE_ID`` brings a local guest back to one of its snapshots, as ``openstack
 server rebuild`` does through vmsnap-compute; ``vmsnap chain SERVER`` lists
 a server's snapshot chains and ``vmsnap flatten IMAGE_ID --name NAME``
-writes one point of a chain as a full image.  It reads the same
-configuration as the service (``--config-file``).
+writes one point of a chain as a full image; ``vmsnap export IMAGE_ID
+--output FILE.ova`` writes a snapshot as one portable archive and ``vmsnap
+import FILE.ova [--define --disk-dir DIR [--start]]`` brings it back.
+It reads the same configuration as the service (``--config-file``).
 """
 
 import os
@@ -17,6 +19,7 @@ from typing import List, Optional
 from oslo_config import cfg
 from stevedore import driver as stevedore_driver
 
+from vmsnap_driver import archive
 from vmsnap_driver import chains
 from vmsnap_driver.compute import manager
 from vmsnap_driver import config
@@ -58,6 +61,32 @@ def _add_parsers(subparsers) -> None:
         'chain', help='List the snapshot chains of a server: each image, '
                       'its parent, depth, size and time.')
     parser.add_argument('server', help='Domain name or UUID.')
+    parser = subparsers.add_parser(
+        'export', help='Write a snapshot (its disks, memory state, domain '
+                       'XML and properties) as one OVA file.')
+    parser.add_argument('image_id')
+    parser.add_argument('--output', required=True,
+                        help='The OVA file to write, or - for stdout.')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='Do not draw a progress bar.')
+    parser = subparsers.add_parser(
+        'import', help='Bring an exported snapshot (OVA) back as images, '
+                       'and with --define as a guest on this host; prints '
+                       'the new image ids.')
+    parser.add_argument('archive', help='The OVA file.')
+    parser.add_argument('--define', action='store_true',
+                        help='Also define the guest from the archived '
+                             'domain XML.')
+    parser.add_argument('--disk-dir',
+                        help='Where --define writes the guest\'s disks.')
+    parser.add_argument('--start', action='store_true',
+                        help='Start the defined guest: it resumes from the '
+                             'archived memory state, or boots without one.')
+    parser.add_argument('--name', dest='new_name',
+                        help='Define the guest under this name, with a new '
+                             'UUID (default: the archived name and UUID).')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='Do not draw a progress bar.')
     subparsers.add_parser(
         'recover', help='Finish or undo what a killed vmsnap left (a '
                         'saved or paused guest, a backup job, a half-done '
@@ -192,8 +221,77 @@ def _verify() -> int:
     return 0 if verdict.ok else 1
 
 
+def _export() -> int:
+    output = CONF.command.output
+    workdir = _workdir()
+    partial = None
+    try:
+        export = archive.plan_export(glance.ImageService(CONF),
+                                     CONF.command.image_id, workdir)
+        bar = progress.Progress(export.size(), 'exporting',
+                                enabled=not CONF.command.no_progress)
+        if output == '-':
+            export.write(sys.stdout.buffer, bar.update)
+            sys.stdout.buffer.flush()
+        else:
+            # Written aside, then renamed: no half-written archive under
+            # the name asked for.
+            partial = '%s.partial-%d' % (output, os.getpid())
+            with open(partial, 'xb') as out:
+                export.write(out, bar.update)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, output)
+            partial = None
+        bar.finish()
+    except (exception.VmsnapException, OSError) as e:
+        print('ERROR: %s' % e, file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if partial and os.path.exists(partial):
+            os.unlink(partial)
+    if output != '-':
+        print('%s: %d bytes' % (output, os.path.getsize(output)))
+    return 0
+
+
+def _import() -> int:
+    command = CONF.command
+    if (command.start or command.disk_dir or command.new_name) and (
+            not command.define):
+        print('ERROR: --disk-dir, --start and --name go with --define',
+              file=sys.stderr)
+        return 2
+    if command.define and not command.disk_dir:
+        print('ERROR: --define needs --disk-dir DIR', file=sys.stderr)
+        return 2
+    define = (archive.DefineRequest(command.disk_dir, command.start,
+                                    command.new_name)
+              if command.define else None)
+    bar = progress.Progress(2 * os.path.getsize(command.archive)
+                            if os.path.exists(command.archive) else 0,
+                            'importing', enabled=not command.no_progress)
+    try:
+        imported = _load_driver().import_archive(command.archive, define,
+                                                 bar.update)
+    except exception.VmsnapException as e:
+        print('ERROR: %s' % e, file=sys.stderr)
+        return 1
+    bar.finish()
+    for what, image_id in imported.images.items():
+        print('%-8s %s' % (what, image_id))
+    if imported.guest:
+        print('domain   %s %s: %s' % (
+            imported.guest.name, imported.guest.uuid,
+            'resumed from its memory state' if imported.resumed
+            else imported.guest.state()))
+    return 0
+
+
 COMMANDS = {'verify': _verify, 'revert': _revert, 'recover': _recover,
-            'flatten': _flatten, 'chain': _chain}
+            'flatten': _flatten, 'chain': _chain, 'export': _export,
+            'import': _import}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
