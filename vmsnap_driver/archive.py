@@ -451,6 +451,15 @@ def import_archive(images: Any, host: Any, path: str, state_path: str,
                 e['target'])) for e in entries if e['role'] == DISK}
         prepared = portable_domain.prepare(contents.domain_xml, files,
                                            define.name)
+        if define.name and define.start and any(
+                e['role'] == MEMORY for e in entries):
+            # Measured on libvirt 9.0: "Target domain uuid ... does not
+            # match source": the guest reads its UUID from SMBIOS.
+            raise exception.ImportRefused(
+                reason='a memory state resumes only in the domain UUID it '
+                       'was saved with, and --name gives a new one: import '
+                       'without --start and boot the guest, or without '
+                       '--name once the original domain is gone')
         if host.has_domain(prepared.name, prepared.uuid):
             raise exception.ImportRefused(
                 reason='a domain named %s or with UUID %s is defined here '

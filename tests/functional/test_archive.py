@@ -172,6 +172,34 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
     for each in new.values():
         glance.images.delete(each['id'])
 
+    # Not over a domain of that name or UUID; beside it under a new name
+    # and UUID, where its memory state cannot resume (libvirt refuses a
+    # UUID the guest did not have), defined to boot.
+    copy_dir = os.path.join(guest.workdir, 'copy')
+    name = guest.name + '-copy'
+    for args, refusal in (([], 'is defined here already'),
+                          (['--name', name, '--start'],
+                           'resumes only in the domain UUID')):
+        done = _vmsnap(svc, 'import', archive, '--define', '--disk-dir',
+                       copy_dir, *args)
+        assert done.returncode == 1
+        assert refusal in done.stderr
+        assert not os.path.exists(copy_dir)
+    done = _vmsnap(svc, 'import', archive, '--define', '--disk-dir',
+                   copy_dir, '--name', name)
+    assert done.returncode == 0, done.stderr
+    printed = _printed(done.stdout)
+    copy = conn.lookupByName(name)
+    try:
+        assert copy.UUIDString() != guest.uuid
+        assert copy.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+        assert glance.images.get(printed['vda'].strip())[
+            'instance_uuid'] == copy.UUIDString()
+    finally:
+        copy.undefine()
+        for key in ('vda', 'vdb', 'memory'):
+            glance.images.delete(printed[key].strip())
+
 
 # -- bad archives -----------------------------------------------------------
 
