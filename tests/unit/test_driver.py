@@ -34,6 +34,7 @@ def steps(tmp_path):
     guest.root_disk.return_value = DISK
     guest.state.return_value = guest_mod.RUNNING
     guest.has_agent_channel.return_value = True
+    guest.inactive_xml.return_value = "<domain><name>vm</name></domain>"
     guest.freeze_filesystems.side_effect = lambda t: log.append('freeze')
     guest.thaw_filesystems.side_effect = lambda: log.append('thaw')
 
