@@ -44,7 +44,7 @@ def timed(*cmd: str) -> tuple:
     """Run ``cmd``; its wall time (s), peak RSS (MiB) and stdout."""
     start = time.monotonic()
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         _pid, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.monotonic() - start
         out.seek(0)

@@ -241,21 +241,24 @@ def of_export(client: nbd.Client, plain: bool = True,
 
 
 def _of_file(path: str, image_format: str, untrusted: bool, plain: bool,
-             tree: bool) -> Digests:
-    with qemu_nbd.serve(path, image_format, untrusted) as sock:
+             tree: bool, extent: Optional[Tuple[int, int]] = None
+             ) -> Digests:
+    with qemu_nbd.serve(path, image_format, untrusted, extent) as sock:
         with nbd.Client(sock, qemu_nbd.EXPORT) as client:
             return of_export(client, plain, tree)
 
 
 def of_file(path: str, image_format: str, untrusted: bool = False,
-            tree: bool = False) -> str:
+            tree: bool = False,
+            extent: Optional[Tuple[int, int]] = None) -> str:
     """A digest of an image file's virtual disk (its backing included).
 
     :param untrusted: the file came from Glance (and passed
         image_safety): read it under resource limits.
     :param tree: the tree digest instead of the plain sha256.
+    :param extent: (offset, length) of the image inside ``path``.
     """
-    found = _of_file(path, image_format, untrusted, not tree, tree)
+    found = _of_file(path, image_format, untrusted, not tree, tree, extent)
     return found.tree if tree else found.sha256
 
 

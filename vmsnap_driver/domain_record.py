@@ -21,14 +21,16 @@ from vmsnap_driver import exception
 
 LOG = logging.getLogger(__name__)
 
-PART_PROPERTY = 'vmsnap_domain_xml_%02d'
+PREFIX = 'vmsnap_domain_xml_'
+PART_PROPERTY = PREFIX + '%02d'
 PARTS_PROPERTY = 'vmsnap_domain_xml_parts'
 SHA256_PROPERTY = 'vmsnap_domain_xml_sha256'
 # Within Glance's 255 characters per property value.
 PART_SIZE = 250
 # Glance allows 128 properties per image by default; a snapshot has some
-# 40 of its own.  60 parts hold a 11 KB compressed XML (a large domain).
-MAX_PARTS = 60
+# 40 of its own.  32 parts hold 6 KB of compressed XML, some 25-40 KB of
+# domain XML: a large domain.
+MAX_PARTS = 32
 # What a recorded XML may decompress to: a domain XML is tens of KB.
 MAX_XML_BYTES = 4 * 1024 * 1024
 

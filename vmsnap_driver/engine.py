@@ -379,9 +379,9 @@ class _ImageGroup:
 
     def _others(self) -> str:
         """``target=image_id`` of the images vmsnap created."""
-        return ','.join('%s=%s' % (target, image_id)
-                        for target, image_id in self._ids.items()
-                        if image_id in self._created)
+        return image_properties.group_value(
+            [(target, image_id) for target, image_id in self._ids.items()
+             if image_id in self._created])
 
     def describe_others(self) -> str:
         others = self._others()
@@ -394,10 +394,11 @@ class _ImageGroup:
         if self.memory_image_id:
             properties[memory_image.LINK_PROPERTY] = self.memory_image_id
         if self._group:
-            properties['vmsnap_group_id'] = self._group
+            properties[image_properties.GROUP_ID_PROPERTY] = self._group
             properties['vmsnap_disk_target'] = disk.target
             if self._ids[disk.target] not in self._created:
-                properties['vmsnap_group_images'] = self._others()
+                properties[image_properties.GROUP_IMAGES_PROPERTY] = (
+                    self._others())
         return properties
 
     def delete_created(self) -> None:

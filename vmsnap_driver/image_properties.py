@@ -56,7 +56,7 @@ it was taken, so that whoever restores it knows what they hold:
 import dataclasses
 
 import datetime
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import vmsnap_driver
 from vmsnap_driver import glance
@@ -87,7 +87,20 @@ RESERVED = glance.CORE_FIELDS | frozenset([
 ])
 RESERVED_PREFIXES = ('os_', 'vmsnap_')
 PAUSE_PROPERTY = 'vmsnap_pause_seconds'
+GROUP_ID_PROPERTY = 'vmsnap_group_id'
+GROUP_IMAGES_PROPERTY = 'vmsnap_group_images'
 GUEST_STATE_PROPERTY = 'vmsnap_guest_state'
+
+
+def group_members(image: dict) -> List[Tuple[str, str]]:
+    """(disk target, image id) of the other disks of ``image``'s snapshot."""
+    pairs = (image.get(GROUP_IMAGES_PROPERTY) or '').split(',')
+    return [(target, image_id) for target, _sep, image_id in
+            (pair.partition('=') for pair in pairs if pair)]
+
+
+def group_value(members: List[Tuple[str, str]]) -> str:
+    return ','.join('%s=%s' % pair for pair in members)
 
 
 def reserved(key: str) -> bool:

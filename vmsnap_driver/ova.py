@@ -23,10 +23,14 @@ it names nothing outside the archive.
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import tarfile
 from typing import Any, Callable, Dict, Iterator, List, Optional
 from xml.etree import ElementTree
+
+import defusedxml
+from defusedxml import ElementTree as defused_etree
 
 from vmsnap_driver import exception
 from vmsnap_driver import streams
@@ -175,7 +179,7 @@ class Writer:
     def __init__(self, out: Any, large: bool,
                  progress: Callable[[int], None] = lambda _n: None) -> None:
         self._tar = tarfile.open(
-            fileobj=out, mode='w|', bufsize=CHUNK,
+            fileobj=out, mode='w|', bufsize=CHUNK, copybufsize=CHUNK,
             format=tarfile.GNU_FORMAT if large else tarfile.USTAR_FORMAT)
         self._progress = progress
         self.digests: Dict[str, str] = {}
@@ -220,6 +224,10 @@ class Contents:
     def size(self, name: str) -> int:
         return self.members[name].size
 
+    def offset(self, name: str) -> int:
+        """Where a member's bytes start in the archive file."""
+        return self.members[name].offset_data
+
     def chunks(self, name: str,
                progress: Callable[[int], None] = lambda _n: None
                ) -> Iterator[bytes]:
@@ -236,16 +244,16 @@ class Contents:
             while left:
                 data = f.read(min(CHUNK, left))
                 if not data:
-                    raise _invalid(name, 'the archive was truncated')
+                    raise invalid(name, 'the archive was truncated')
                 left -= len(data)
                 hashed.update(data)
                 if not left and hashed.hexdigest() != self.digests[name]:
-                    raise _invalid(name, 'it changed since it was checked')
+                    raise invalid(name, 'it changed since it was checked')
                 progress(len(data))
                 yield data
 
 
-def _invalid(member: str, reason: str) -> exception.ArchiveInvalid:
+def invalid(member: str, reason: str) -> exception.ArchiveInvalid:
     return exception.ArchiveInvalid(member=member, reason=reason)
 
 
@@ -257,38 +265,76 @@ def parse_manifest(data: bytes) -> Dict[str, str]:
         found = re.match(r'^SHA256\((.+)\)= ?([0-9a-fA-F]{64})$',
                          line.strip())
         if not found:
-            raise _invalid('manifest', 'line %r is not "SHA256(name)= hex"'
-                           % line[:80])
+            raise invalid('manifest', 'line %r is not "SHA256(name)= hex"'
+                          % line[:80])
         digests[found.group(1)] = found.group(2).lower()
     return digests
 
 
-def _parse_xml(name: str, data: bytes) -> ElementTree.Element:
-    if b'<!DOCTYPE' in data or b'<!ENTITY' in data:
-        raise _invalid(name, 'it declares a DTD or entities, which vmsnap '
-                             'never writes')
+def parse_xml(name: str, data: Any) -> ElementTree.Element:
+    """Untrusted XML: no DTD, no entities (defusedxml), or ArchiveInvalid."""
     try:
-        return ElementTree.fromstring(data)
+        return defused_etree.fromstring(data, forbid_dtd=True)
+    except defusedxml.DefusedXmlException as e:
+        raise invalid(name, 'it declares a DTD or entities, which vmsnap '
+                            'never writes (%s)' % type(e).__name__)
     except ElementTree.ParseError as e:
-        raise _invalid(name, 'it is not well-formed XML: %s' % e)
+        raise invalid(name, 'it is not well-formed XML: %s' % e)
 
 
 def _check_descriptor(name: str, root: ElementTree.Element,
                       members: Dict[str, tarfile.TarInfo]) -> None:
     """The descriptor is OVF and names only files of the archive."""
     if root.tag != _q(OVF, 'Envelope'):
-        raise _invalid(name, 'it is not an OVF envelope (%s)' % root.tag)
+        raise invalid(name, 'it is not an OVF envelope (%s)' % root.tag)
     files = {}
     for node in root.iter(_q(OVF, 'File')):
         href = node.get(_q(OVF, 'href')) or ''
         if not MEMBER_NAME.match(href) or href not in members:
-            raise _invalid(name, 'it names file %r, which is not a member '
-                                 'of the archive' % href)
+            raise invalid(name, 'it names file %r, which is not a member '
+                                'of the archive' % href)
         files[node.get(_q(OVF, 'id'))] = href
     for node in root.iter(_q(OVF, 'Disk')):
         if node.get(_q(OVF, 'fileRef')) not in files:
-            raise _invalid(name, 'disk %r refers to no file of the archive'
-                           % node.get(_q(OVF, 'diskId')))
+            raise invalid(name, 'disk %r refers to no file of the archive'
+                          % node.get(_q(OVF, 'diskId')))
+
+
+def _size_field(field: bytes) -> int:
+    """A tar size: octal, or GNU base-256 for 8 GiB and more."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], 'big')
+    text = field.rstrip(b'\0 ').strip()
+    return int(text or b'0', 8)
+
+
+def _scan_headers(path: str) -> None:
+    """Every member is a plain file: refused before tarfile reads any.
+
+    tarfile reads pax and GNU long-name headers whole, however large they
+    claim to be, and follows hard and symbolic links: an OVA needs none of
+    them, so a header of any other type is refused here.
+    """
+    with open(path, 'rb') as f:
+        total = os.fstat(f.fileno()).st_size
+        while True:
+            header = f.read(tarfile.BLOCKSIZE)
+            if len(header) < tarfile.BLOCKSIZE or header == bytes(
+                    tarfile.BLOCKSIZE):
+                return
+            name = header[:100].split(b'\0')[0].decode('utf-8', 'replace')
+            if header[156:157] not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                raise invalid(name or path, 'it is not a regular file (tar '
+                              'type %r)' % header[156:157])
+            try:
+                size = _size_field(header[124:136])
+            except ValueError:
+                raise invalid(name or path, 'its tar header is corrupt')
+            blocks = -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            if f.tell() + blocks > total:
+                raise invalid(name or path, 'the archive is corrupt or '
+                              'truncated: it ends inside this member')
+            f.seek(blocks, os.SEEK_CUR)
 
 
 def read(path: str, progress: Callable[[int], None] = lambda _n: None
@@ -302,26 +348,31 @@ def read(path: str, progress: Callable[[int], None] = lambda _n: None
     digests: Dict[str, str] = {}
     small_data: Dict[str, bytes] = {}
     try:
+        _scan_headers(path)
         with tarfile.open(path, 'r:') as tar:
             for info in tar:
                 name = info.name
                 if not MEMBER_NAME.match(name):
-                    raise _invalid(name, 'it is not a plain file name')
+                    raise invalid(name, 'it is not a plain file name')
                 if not info.isreg() or info.issparse():
-                    raise _invalid(name, 'it is not a regular file')
+                    raise invalid(name, 'it is not a regular file')
                 if name in members:
-                    raise _invalid(name, 'it appears twice')
+                    raise invalid(name, 'it appears twice')
                 if not members and not name.endswith('.ovf'):
-                    raise _invalid(name, 'an OVA starts with its OVF '
-                                         'descriptor')
+                    raise invalid(name, 'an OVA starts with its OVF '
+                                        'descriptor')
+                if members and name.endswith('.ovf') or name.endswith(
+                        '.mf') and any(n.endswith('.mf') for n in members):
+                    raise invalid(name, 'an OVA has one descriptor and one '
+                                        'manifest')
                 members[name] = info
                 hashed = hashlib.sha256()
                 f = tar.extractfile(info)
                 keep = (name.endswith(('.ovf', '.mf'))
                         or name in (RECORD, DOMAIN_XML))
                 if keep and info.size > MAX_SMALL_MEMBER:
-                    raise _invalid(name, 'it is larger than %d bytes'
-                                   % MAX_SMALL_MEMBER)
+                    raise invalid(name, 'it is larger than %d bytes'
+                                  % MAX_SMALL_MEMBER)
                 kept = []
                 while True:
                     data = f.read(CHUNK)
@@ -336,40 +387,43 @@ def read(path: str, progress: Callable[[int], None] = lambda _n: None
                 digests[name] = hashed.hexdigest()
     except (tarfile.TarError, EOFError) as e:
         where = list(members)[-1] if members else path
-        raise _invalid(where, 'the archive is corrupt or truncated: %s' % e)
+        raise invalid(where, 'the archive is corrupt or truncated: %s' % e)
     except OSError as e:
-        raise _invalid(path, 'it cannot be read: %s' % e)
+        raise invalid(path, 'it cannot be read: %s' % e)
     if not members:
-        raise _invalid(path, 'the archive is empty')
+        raise invalid(path, 'the archive is empty')
     manifests = [n for n in members if n.endswith('.mf')]
     if len(manifests) != 1:
-        raise _invalid(path, 'an archive needs exactly one manifest (.mf), '
-                             'it has %d' % len(manifests))
+        raise invalid(path, 'an archive needs exactly one manifest (.mf), '
+                            'it has %d' % len(manifests))
     listed = parse_manifest(small_data[manifests[0]])
     for name in members:
         if name == manifests[0]:
             continue
         if name not in listed:
-            raise _invalid(name, 'it is not in the manifest')
+            raise invalid(name, 'it is not in the manifest')
         if listed[name] != digests[name]:
-            raise _invalid(name, 'its sha256 is %s, the manifest says %s'
-                           % (digests[name], listed[name]))
+            raise invalid(name, 'its sha256 is %s, the manifest says %s'
+                          % (digests[name], listed[name]))
     for name in listed:
         if name not in members:
-            raise _invalid(name, 'the manifest lists it, the archive lacks '
-                                 'it')
+            raise invalid(name, 'the manifest lists it, the archive lacks '
+                                'it')
     first = next(iter(members))
-    root = _parse_xml(first, small_data[first])
+    root = parse_xml(first, small_data[first])
     _check_descriptor(first, root, members)
     if RECORD not in members:
-        raise _invalid(RECORD, 'the archive has no vmsnap record')
+        raise invalid(RECORD, 'the archive has no vmsnap record')
     try:
         record = json.loads(small_data[RECORD])
-    except ValueError as e:
-        raise _invalid(RECORD, 'it is not JSON: %s' % e)
+    except (ValueError, RecursionError) as e:
+        raise invalid(RECORD, 'it is not JSON: %s' % e)
     domain_xml = small_data.get(DOMAIN_XML)
     if domain_xml is not None:
-        _parse_xml(DOMAIN_XML, domain_xml)
+        try:
+            domain_xml = domain_xml.decode('utf-8')
+        except UnicodeDecodeError:
+            raise invalid(DOMAIN_XML, 'it is not UTF-8')
+        parse_xml(DOMAIN_XML, domain_xml)
     return Contents(path=path, members=members, descriptor=root,
-                    record=record, digests=digests,
-                    domain_xml=domain_xml.decode() if domain_xml else None)
+                    record=record, digests=digests, domain_xml=domain_xml)

@@ -11,7 +11,7 @@ import resource
 import subprocess
 import tempfile
 import time
-from typing import Iterator
+from typing import Iterator, Optional, Tuple
 
 from vmsnap_driver import exception
 from vmsnap_driver import qemu_img
@@ -27,11 +27,14 @@ def _limit_memory() -> None:
 
 
 @contextlib.contextmanager
-def serve(path: str, fmt: str, untrusted: bool = False) -> Iterator[str]:
+def serve(path: str, fmt: str, untrusted: bool = False,
+          extent: Optional[Tuple[int, int]] = None) -> Iterator[str]:
     """Export ``path`` on a private unix socket; yield the socket path.
 
     :param untrusted: the image came from Glance: qemu-nbd runs under the
         same memory limit as qemu-img on such images.
+    :param extent: (offset, length) of the image inside ``path`` (a member
+        of an archive), read in place.
     """
     if fmt not in qemu_img.FORMATS:
         raise exception.QemuImgFailed(command='qemu-nbd', exit_code='-',
@@ -39,7 +42,14 @@ def serve(path: str, fmt: str, untrusted: bool = False) -> Iterator[str]:
     directory = tempfile.mkdtemp(prefix='vmsnap-nbd-')
     sock = os.path.join(directory, 'nbd.sock')
     cmd = ['qemu-nbd', '--read-only', '--persistent', '--shared=4',
-           '-f', fmt, '-x', EXPORT, '-k', sock, path]
+           '-x', EXPORT, '-k', sock]
+    if extent:
+        # QEMU's option syntax doubles a comma inside a value.
+        cmd += ['--image-opts', 'driver=%s,file.driver=raw,file.offset=%d,'
+                'file.size=%d,file.file.driver=file,file.file.filename=%s'
+                % (fmt, extent[0], extent[1], path.replace(',', ',,'))]
+    else:
+        cmd += ['-f', fmt, path]
     try:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

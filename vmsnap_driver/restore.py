@@ -112,12 +112,11 @@ def plan(guest: guest_mod.Guest, images: Any, image_id: str,
                'image' % image[memory_image.OF_PROPERTY])
     _check_snapshot(image, guest.uuid, refuse)
     members = {image['vmsnap_source_disk']: image}
-    for pair in filter(None, (image.get('vmsnap_group_images') or '')
-                       .split(',')):
-        target, _sep, member_id = pair.partition('=')
+    for target, member_id in image_properties.group_members(image):
         member = images.get(member_id)
         _check_snapshot(member, guest.uuid, refuse)
-        if member.get('vmsnap_group_id') != image.get('vmsnap_group_id'):
+        if member.get(image_properties.GROUP_ID_PROPERTY) != image.get(
+                image_properties.GROUP_ID_PROPERTY):
             refuse('image %s of disk %s belongs to another snapshot'
                    % (member_id, target))
         members[target] = member

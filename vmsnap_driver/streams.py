@@ -18,18 +18,38 @@ class ChunkReader:
         self._chunks = iter(chunks)
         self._progress = progress
         self._pending = b''
+        # Where the next read starts in ``_pending``: readers ask for
+        # small pieces (tarfile 16 KiB), and cutting what is left of a
+        # large chunk on every read would copy it again each time.
+        self._offset = 0
+
+    def _next(self) -> bool:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return False
+        self._progress(len(chunk))
+        self._pending = chunk
+        self._offset = 0
+        return True
 
     def read(self, size: int = -1) -> bytes:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return b''
-            self._progress(len(chunk))
-            self._pending = chunk
+        """``size`` bytes, fewer only at the end (tarfile needs that)."""
         if size < 0:
-            size = len(self._pending)
-        data, self._pending = self._pending[:size], self._pending[size:]
-        return data
+            if self._offset >= len(self._pending) and not self._next():
+                return b''
+            data = self._pending[self._offset:]
+            self._offset = len(self._pending)
+            return data
+        parts = []
+        wanted = size
+        while wanted:
+            if self._offset >= len(self._pending) and not self._next():
+                break
+            part = self._pending[self._offset:self._offset + wanted]
+            self._offset += len(part)
+            wanted -= len(part)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else b''.join(parts)
 
     def close(self) -> None:
         close = getattr(self._chunks, 'close', None)

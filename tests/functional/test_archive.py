@@ -288,8 +288,19 @@ def test_bad_archives_are_refused_leaving_nothing(
         descriptor = tar.extractfile(names[0]).read()
     disk_dir = os.path.join(work, 'disks')
 
-    # A good one imports as images (and then goes again).
-    done = _vmsnap(svc, 'import', good)
+    # Written to standard output, it is the same archive (logs go to
+    # standard error), and it imports as images.
+    streamed = subprocess.run(
+        [os.path.join(BIN, 'vmsnap'), '--config-file', svc.config,
+         'export', small_snapshot['id'], '--output', '-', '--no-progress'],
+        capture_output=True, timeout=600)
+    assert streamed.returncode == 0, streamed.stderr
+    piped = os.path.join(work, 'piped.ova')
+    with open(piped, 'wb') as f:
+        f.write(streamed.stdout)
+    with tarfile.open(piped) as tar:
+        assert tar.getnames() == names
+    done = _vmsnap(svc, 'import', piped)
     assert done.returncode == 0, done.stderr
     imported = glance.images.get(_printed(done.stdout)['vda'].strip())
     small_snapshot['made'].append(imported['id'])
@@ -347,7 +358,7 @@ def test_bad_archives_are_refused_leaving_nothing(
     <disk type='block' device='disk'><source dev='/dev/sda'/>
       <target dev='vdb' bus='virtio'/></disk>""")}),
          ['--define', '--disk-dir', disk_dir],
-         'domain.xml: the domain XML has disk vdb (dev=/dev/sda)'),
+         'domain.xml: it has disk vdb (dev=/dev/sda)'),
         (_rewrite(good, os.path.join(work, 'no-kernel.ova'), replace={
             ova.DOMAIN_XML: domain(kernel='/nonexistent/vmlinuz')}),
          ['--define', '--disk-dir', disk_dir],

@@ -12,6 +12,7 @@ from vmsnap_driver import domain_record
 from vmsnap_driver import exception
 from vmsnap_driver import ova
 from vmsnap_driver import portable_domain
+from vmsnap_driver import streams
 
 XML = """<domain type='qemu'>
   <name>vm</name>
@@ -57,8 +58,9 @@ def _exists(path):
 
 
 def test_disks_are_pointed_at_the_imported_files():
-    prepared = portable_domain.prepare(XML, {'vda': '/new/vm-vda.qcow2'},
-                                       None, exists=_exists)
+    prepared = portable_domain.prepare(
+        XML, lambda name: {'vda': '/new/%s-vda.qcow2' % name}, None, 'm',
+        exists=_exists)
     root = ElementTree.fromstring(prepared.xml)
     disk = root.find('./devices/disk')
     assert disk.find('source').get('file') == '/new/vm-vda.qcow2'
@@ -66,11 +68,22 @@ def test_disks_are_pointed_at_the_imported_files():
     assert disk.find('driver').get('cache') == 'none'
     assert (prepared.name, prepared.uuid) == (
         'vm', '11111111-2222-3333-4444-555555555555')
+    assert portable_domain.carries(prepared.xml, 'm')
+    assert not portable_domain.carries(prepared.xml, 'other')
+
+
+def test_host_labels_and_emulators_are_dropped():
+    xml = XML.replace('</devices>', '<emulator>/tmp/qemu</emulator>'
+                      '</devices><seclabel model="dac"><label>+0:+0</label>'
+                      '</seclabel>')
+    prepared = portable_domain.prepare(xml, lambda _n: {'vda': '/n'}, None,
+                                       'm', exists=_exists)
+    assert 'seclabel' not in prepared.xml and '/tmp/qemu' not in prepared.xml
 
 
 def test_a_new_name_gets_a_new_uuid_everywhere():
-    prepared = portable_domain.prepare(XML, {'vda': '/n'}, 'copy',
-                                       exists=_exists)
+    prepared = portable_domain.prepare(XML, lambda _n: {'vda': '/n'}, 'copy',
+                                       'm', exists=_exists)
     root = ElementTree.fromstring(prepared.xml)
     assert prepared.name == 'copy'
     assert prepared.uuid != '11111111-2222-3333-4444-555555555555'
@@ -86,11 +99,21 @@ def test_a_new_name_gets_a_new_uuid_everywhere():
     (lambda x: x.replace('/var/log/vm/console.log', '/gone/console.log'),
      '/gone does not exist'),
     (lambda x: x.replace("dev='vda'", "dev='vdz'"), 'disk vdz'),
+    (lambda x: x.replace('</devices>', "<hostdev mode='subsystem'/>"
+                         '</devices>'), 'a <hostdev> device'),
+    (lambda x: x.replace('</devices>', "<interface type='bridge'><script "
+                         "path='/bin/true'/></interface></devices>"),
+     '<script>'),
+    (lambda x: x.replace('</domain>', '<qemu:commandline xmlns:qemu="http:'
+                         '//libvirt.org/schemas/domain/qemu/1.0"/>'
+                         '</domain>'), 'commandline'),
+    (lambda x: x.replace('<name>vm</name>', '<name>../../etc/x</name>'),
+     'not a plain one'),
 ])
 def test_what_the_archive_does_not_hold_is_refused(edit, refusal):
     with pytest.raises(exception.ArchiveInvalid) as e:
-        portable_domain.prepare(edit(XML), {'vda': '/n'}, None,
-                                exists=_exists)
+        portable_domain.prepare(edit(XML), lambda _n: {'vda': '/n'}, None,
+                                'm', exists=_exists)
     assert refusal in str(e.value)
     assert 'domain.xml' in str(e.value)
 
@@ -147,3 +170,13 @@ def test_a_member_outside_the_manifest_is_refused(tmp_path):
     with pytest.raises(exception.ArchiveInvalid) as e:
         ova.read(path)
     assert 'exactly one manifest' in str(e.value)
+
+
+def test_a_chunk_reader_gives_whole_reads_across_chunks():
+    seen = []
+    reader = streams.ChunkReader([b'abc', b'', b'defgh', b'ij'], seen.append)
+    assert reader.read(4) == b'abcd'
+    assert reader.read(2) == b'ef'
+    assert reader.read(10) == b'ghij'
+    assert reader.read(1) == b''
+    assert sum(seen) == 10

@@ -269,13 +269,16 @@ def _import() -> int:
     define = (archive.DefineRequest(command.disk_dir, command.start,
                                     command.new_name)
               if command.define else None)
-    bar = progress.Progress(2 * os.path.getsize(command.archive)
-                            if os.path.exists(command.archive) else 0,
-                            'importing', enabled=not command.no_progress)
+    # The archive is read to be proven, then again to be imported (and
+    # its disks a third time to be defined).
+    passes = 3 if define else 2
     try:
+        bar = progress.Progress(passes * os.path.getsize(command.archive),
+                                'importing',
+                                enabled=not command.no_progress)
         imported = _load_driver().import_archive(command.archive, define,
                                                  bar.update)
-    except exception.VmsnapException as e:
+    except (exception.VmsnapException, OSError) as e:
         print('ERROR: %s' % e, file=sys.stderr)
         return 1
     bar.finish()
@@ -296,6 +299,9 @@ COMMANDS = {'verify': _verify, 'revert': _revert, 'recover': _recover,
 
 def main(argv: Optional[List[str]] = None) -> int:
     CONF.register_cli_opt(command_opt)
+    # Standard output carries results (ids, an archive): logs go to
+    # standard error unless the configuration sends them elsewhere.
+    CONF.set_default('use_stderr', True)
     config.parse_args(sys.argv[1:] if argv is None else argv)
     return COMMANDS[CONF.command.name]()
 
