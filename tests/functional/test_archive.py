@@ -243,14 +243,24 @@ def _rewrite(source, dest, replace=None, add=None, manifest=True):
 
 @pytest.fixture
 def small_snapshot(glance, workroot):
+    yield from _vmsnap_looking_snapshot(glance, workroot, 4)
+
+
+@pytest.fixture
+def larger_snapshot(glance, workroot):
+    yield from _vmsnap_looking_snapshot(glance, workroot, 256)
+
+
+def _vmsnap_looking_snapshot(glance, workroot, data_mib):
     """A vmsnap-looking full snapshot in Glance, with a domain XML."""
     made = []
     work = os.path.join(workroot, 'small-' + uuidlib.uuid4().hex[:8])
     os.makedirs(work)
     raw = os.path.join(work, 'disk.raw')
     with open(raw, 'wb') as f:
-        f.write(os.urandom(4 * 1024 * 1024))
-        f.truncate(32 * 1024 * 1024)
+        for _ in range(data_mib // 4):
+            f.write(os.urandom(4 * 1024 * 1024))
+        f.truncate(max(32, data_mib) * 1024 * 1024)
     disk = os.path.join(work, 'disk.qcow2')
     subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw,
                     disk], check=True)
@@ -375,3 +385,45 @@ def test_bad_archives_are_refused_leaving_nothing(
             conn.lookupByName(small_snapshot['name'])
         assert not os.listdir(os.path.join(svc.dir, 'operations'))
     assert not glob.glob(os.path.join(svc.dir, 'snapshots', '*'))
+
+
+def test_an_import_killed_midway_is_undone_by_recovery(
+        service, glance, larger_snapshot, conn):
+    svc = service()
+    work = larger_snapshot['work']
+    archive = os.path.join(work, 'larger.ova')
+    done = _vmsnap(svc, 'export', larger_snapshot['id'], '--output',
+                   archive)
+    assert done.returncode == 0, done.stderr
+    images_before = _all_images(glance)
+    disk_dir = os.path.join(work, 'disks')
+    operations = os.path.join(svc.dir, 'operations')
+    proc = subprocess.Popen(
+        [os.path.join(BIN, 'vmsnap'), '--config-file', svc.config, 'import',
+         archive, '--define', '--disk-dir', disk_dir, '--no-progress'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Killed once its record says it has created an image.
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, 'the import ended before it was killed'
+        assert time.monotonic() < deadline
+        records = [json.load(open(os.path.join(operations, name)))
+                   for name in (os.listdir(operations)
+                                if os.path.isdir(operations) else [])
+                   if name.endswith('.json')]
+        if records and records[0].get('images'):
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert _all_images(glance) != images_before
+    done = subprocess.run([os.path.join(BIN, 'vmsnap'), '--config-file',
+                           svc.config, 'recover'], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert 'import' in done.stdout
+    assert _all_images(glance) == images_before
+    assert not os.path.exists(disk_dir)
+    assert not os.listdir(operations)
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(larger_snapshot['name'])
