@@ -100,6 +100,19 @@ glance_group = cfg.OptGroup(
          'cloud, or "auth_type = none" with "endpoint_override" for a '
          'Glance without Keystone.')
 
+glance_opts = [
+    cfg.IntOpt('num_retries',
+               default=3,
+               min=0,
+               help='How many times a Glance call that failed for want of a '
+                    'connection or with a 5xx answer is made again, 1, 2, '
+                    '4 ... seconds apart, when repeating it is safe: reads, '
+                    'property updates, deletes, and an upload from a file '
+                    'while the image is still queued. Creating an image '
+                    'and a streamed upload are never repeated. 0: no '
+                    'retries.'),
+]
+
 GLANCE_SERVICE_TYPE = 'image'
 # Seconds, per socket operation.
 GLANCE_TIMEOUT = 300
@@ -124,6 +137,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_group(api_group)
     conf.register_opts(api_opts, group=api_group)
     conf.register_group(glance_group)
+    conf.register_opts(glance_opts, group=glance_group)
     _register_keystoneauth_opts(conf)
 
 
@@ -152,7 +166,7 @@ def list_opts() -> list:
     for opt in session_opts:
         if opt.dest == 'timeout':
             opt.default = GLANCE_TIMEOUT
-    glance_opts = list(itertools.chain(
+    keystoneauth_opts = list(itertools.chain(
         session_opts,
         ks_loading.get_auth_common_conf_options(),
         ks_loading.get_auth_plugin_conf_options('password'),
@@ -162,7 +176,7 @@ def list_opts() -> list:
         ('DEFAULT', default_opts),
         (libvirt_group, libvirt_opts),
         (api_group, api_opts),
-        (glance_group, _dedup(glance_opts)),
+        (glance_group, glance_opts + _dedup(keystoneauth_opts)),
     ]
 
 

@@ -45,6 +45,11 @@ class GlanceUnavailable(VmsnapException):
                'the image service is running.')
 
 
+class GlanceFailed(GlanceUnavailable):
+    msg_fmt = ('Glance failed (%(reason)s): it answered with a server '
+               'error; see its log.')
+
+
 class GlanceRefused(VmsnapException):
     msg_fmt = ('Glance refused to %(action)s image %(image_id)s: '
                '%(reason)s')

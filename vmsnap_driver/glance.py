@@ -4,12 +4,21 @@ The client is built from keystoneauth1 options in ``[glance]``, so the same
 code reaches a cloud's Glance through the catalog (``auth_type =
 password``) and a standalone one (``auth_type = none`` plus
 ``endpoint_override``).
+
+A transient failure (no connection, a 5xx answer) must not cost a
+snapshot: a call that can be repeated safely (reads, setting properties,
+deleting, an upload from a file while the image is still ``queued``) is
+repeated up to ``[glance] num_retries`` times, 1, 2, 4 ... s apart, as
+Nova's own option does.  Creating an image is not: a lost answer may hide
+an image that was created.  A streamed upload cannot be sent again.
 """
 
 import contextlib
 import hashlib
+import itertools
 import re
-from typing import Any, Callable, Iterator, List
+import time
+from typing import Any, Callable, Iterator, List, TypeVar
 
 import glanceclient
 from glanceclient import exc as glance_exc
@@ -25,6 +34,9 @@ LOG = logging.getLogger(__name__)
 GROUP = 'glance'
 QUEUED = 'queued'
 ACTIVE = 'active'
+# Seconds before a retry: 1, 2, 4, ... at most this.
+MAX_RETRY_DELAY = 30
+T = TypeVar('T')
 # Glance's own fields of an image, as opposed to its properties.
 CORE_FIELDS = frozenset([
     'id', 'name', 'status', 'visibility', 'owner', 'protected', 'checksum',
@@ -98,12 +110,37 @@ class ImageService:
                 action=action, image_id=image_id,
                 reason='%s; check the [glance] credentials' % e)
         except (glance_exc.HTTPException, ks_exc.ClientException) as e:
+            status = getattr(e, 'code', None) or getattr(e, 'http_status',
+                                                         None)
+            if isinstance(status, int) and status >= 500:
+                raise exception.GlanceFailed(
+                    reason='%d to "%s image %s": %s'
+                    % (status, action, image_id, e))
             raise exception.GlanceRefused(action=action, image_id=image_id,
                                           reason=str(e))
 
+    def _retried(self, action: str, image_id: str,
+                 call: Callable[[], T]) -> T:
+        """``call()``, made again after a transient failure (see above)."""
+        retries = self._conf[GROUP].num_retries
+        for attempt in itertools.count(1):
+            try:
+                with self._translated(action, image_id):
+                    return call()
+            except exception.GlanceUnavailable as e:
+                if attempt > retries:
+                    raise
+                delay = min(2 ** (attempt - 1), MAX_RETRY_DELAY)
+                LOG.warning('Glance failed to %(action)s image %(id)s '
+                            '(%(error)s): retry %(n)d of %(max)d in %(delay)d '
+                            's', {'action': action, 'id': image_id,
+                                  'error': e, 'n': attempt, 'max': retries,
+                                  'delay': delay})
+                time.sleep(delay)
+
     def get(self, image_id: str) -> dict:
-        with self._translated('read', image_id):
-            return dict(self._get_client().images.get(image_id))
+        return self._retried('read', image_id, lambda: dict(
+            self._get_client().images.get(image_id)))
 
     def create(self, name: str, properties: dict) -> dict:
         """A new, queued image, as Nova's API creates one for a snapshot.
@@ -121,8 +158,11 @@ class ImageService:
         report, so a failure here is only logged.
         """
         try:
-            with self._translated('delete', image_id):
-                self._get_client().images.delete(image_id)
+            self._retried('delete', image_id, lambda: self._get_client(
+            ).images.delete(image_id))
+        except exception.ImageNotFound:
+            LOG.info('Image %s is gone already', image_id)
+            return
         except exception.VmsnapException as e:
             LOG.warning('Image %(id)s could not be deleted: %(error)s',
                         {'id': image_id, 'error': e})
@@ -150,22 +190,12 @@ class ImageService:
         reject a short stream, so a failed upload never leaves an
         ``active`` image with partial data.
         """
-        client = self._get_client()
-        with self._translated('update', image_id):
-            client.images.update(image_id, disk_format=disk_format,
-                                 container_format=container_format,
-                                 **properties)
+        self._retried('update', image_id, lambda: self._get_client(
+        ).images.update(image_id, disk_format=disk_format,
+                        container_format=container_format, **properties))
         LOG.info('Uploading %(size)d bytes of %(fmt)s into image %(id)s',
                  {'size': size, 'fmt': disk_format, 'id': image_id})
-        # Sent with a Content-Length, not chunked as glanceclient sends it:
-        # WSGI servers read a body of known length in large pieces, and
-        # that alone made uploads here several times faster.
-        with self._translated('upload data to', image_id):
-            self._adapter.put(
-                '%s/v2/images/%s/file' % (self._endpoint(), image_id),
-                data=data,
-                headers={'Content-Type': 'application/octet-stream',
-                         'Content-Length': str(size)})
+        self._put_data(image_id, data, size)
         image = self.get(image_id)
         if image['status'] != ACTIVE:
             raise exception.GlanceRefused(
@@ -173,21 +203,51 @@ class ImageService:
                 reason='it is "%s" after the upload' % image['status'])
         return image
 
+    def _put_data(self, image_id: str, data: Any, size: int) -> None:
+        """PUT the bytes; again from the start when that is possible.
+
+        Sent with a Content-Length, not chunked as glanceclient sends it:
+        WSGI servers read a body of known length in large pieces, and that
+        alone made uploads here several times faster.  A file (it can
+        seek) is sent again while Glance still has the image ``queued``
+        (it puts it back there when an upload fails).
+        """
+        url = '%s/v2/images/%s/file' % (self._endpoint(), image_id)
+        headers = {'Content-Type': 'application/octet-stream',
+                   'Content-Length': str(size)}
+        if not hasattr(data, 'seek'):
+            with self._translated('upload data to', image_id):
+                self._adapter.put(url, data=data, headers=headers)
+            return
+
+        def put() -> None:
+            status = self.get(image_id)['status']
+            if status != QUEUED:
+                raise exception.GlanceRefused(
+                    action='upload data to', image_id=image_id,
+                    reason='it is "%s", not queued, after a failed upload'
+                    % status)
+            data.seek(0)
+            self._adapter.put(url, data=data, headers=headers)
+        self._retried('upload data to', image_id, put)
+
     def data(self, image_id: str) -> Any:
-        """The image's bytes, as an iterator of chunks."""
-        with self._translated('download', image_id):
-            return self._get_client().images.data(image_id,
-                                                  do_checksum=False)
+        """The image's bytes, as an iterator of chunks.
+
+        The request is retried; a failure once the bytes flow is not.
+        """
+        return self._retried('download', image_id, lambda: self._get_client(
+        ).images.data(image_id, do_checksum=False))
 
     def set_properties(self, image_id: str, properties: dict) -> None:
-        with self._translated('update', image_id):
-            self._get_client().images.update(image_id, **properties)
+        self._retried('update', image_id, lambda: self._get_client(
+        ).images.update(image_id, **properties))
 
     def list(self, **filters: str) -> List[dict]:
         """Every image matching ``filters`` (properties too), all pages."""
-        with self._translated('list', '-'):
-            return [dict(image) for image in
-                    self._get_client().images.list(filters=filters)]
+        return self._retried('list', '-', lambda: [
+            dict(image) for image in
+            self._get_client().images.list(filters=filters)])
 
 
 def for_context(conf: cfg.ConfigOpts, context: Any,

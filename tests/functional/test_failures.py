@@ -82,6 +82,8 @@ def test_glance_unreachable(conf, load_driver, untouched, queued_image):
     image_id = queued_image()
     conf.set_override('endpoint_override', 'http://127.0.0.1:9',
                       group='glance')
+    # One retry (1 s) shows it gives up; the default 3 would wait 7 s.
+    conf.set_override('num_retries', 1, group='glance')
     with pytest.raises(exception.GlanceUnavailable) as err:
         load_driver().snapshot(None, checks.Instance(untouched), image_id)
     assert 'endpoint_override' in str(err.value)

@@ -286,6 +286,8 @@ def test_glance_killed_mid_upload_leaves_the_guest_running(
         conf, load_driver, big_guest, private_glance):
     killed = private_glance('killed', 9595)
     conf.set_override('endpoint_override', killed.url, group='glance')
+    # One retry (1 s) shows it gives up; the default 3 would wait 7 s.
+    conf.set_override('num_retries', 1, group='glance')
     conf.set_override('snapshot_mode', 'live', group='libvirt')
     glance = glanceclient.Client('2', endpoint=killed.url)
     image_id = glance.images.create(name='glance dies')['id']

@@ -260,6 +260,8 @@ def test_glance_unreachable_for_revert_leaves_the_guest_running(
         conf, load_driver, make_guest, private_glance):
     gone = private_glance('revert', 9696)
     conf.set_override('endpoint_override', gone.url, group='glance')
+    # One retry (1 s) shows it gives up; the default 3 would wait 7 s.
+    conf.set_override('num_retries', 1, group='glance')
     glance = glanceclient.Client('2', endpoint=gone.url)
     guest = make_guest(agent=True)
     guest.start()

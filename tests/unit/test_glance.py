@@ -1,0 +1,65 @@
+"""Glance calls made again after a transient failure, and only safe ones."""
+
+from unittest import mock
+
+from glanceclient import exc as glance_exc
+import pytest
+
+from vmsnap_driver import config
+from vmsnap_driver import exception
+from vmsnap_driver import glance
+
+
+@pytest.fixture
+def images():
+    conf = config.CONF
+    conf.set_override('num_retries', 2, group='glance')
+    service = glance.ImageService(conf)
+    service._client = mock.Mock()
+    with mock.patch.object(glance.time, 'sleep') as sleep:
+        yield service, sleep
+    conf.reset()
+
+
+def test_a_read_is_retried_after_a_5xx_then_succeeds(images):
+    service, sleep = images
+    service._client.images.get.side_effect = [
+        glance_exc.HTTPServiceUnavailable('busy'), {'id': 'i'}]
+    assert service.get('i') == {'id': 'i'}
+    assert sleep.call_args_list == [mock.call(1)]
+
+
+def test_retries_end_with_the_error(images):
+    service, sleep = images
+    service._client.images.get.side_effect = glance_exc.CommunicationError(
+        'no route')
+    with pytest.raises(exception.GlanceUnavailable):
+        service.get('i')
+    assert sleep.call_args_list == [mock.call(1), mock.call(2)]
+    assert service._client.images.get.call_count == 3
+
+
+def test_a_refusal_is_not_retried(images):
+    service, sleep = images
+    service._client.images.get.side_effect = glance_exc.HTTPForbidden('no')
+    with pytest.raises(exception.GlanceRefused):
+        service.get('i')
+    sleep.assert_not_called()
+
+
+def test_creating_an_image_is_never_repeated(images):
+    service, sleep = images
+    service._client.images.create.side_effect = (
+        glance_exc.HTTPInternalServerError('oops'))
+    with pytest.raises(exception.GlanceFailed):
+        service.create('name', {})
+    assert service._client.images.create.call_count == 1
+
+
+def test_a_delete_that_finds_the_image_gone_is_done(images):
+    service, _sleep = images
+    service._client.images.delete.side_effect = [
+        glance_exc.CommunicationError('lost'),
+        glance_exc.HTTPNotFound('gone')]
+    service.delete('i')
+    assert service._client.images.delete.call_count == 2
