@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -187,6 +188,21 @@ def test_a_chain_uploads_what_changed_and_every_point_restores(
     result = _vmsnap(svc, 'verify', second, '--no-progress')
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'rebuilt from 3 images' in result.stdout
+
+    # A point exports as its full disk, out of the chain.
+    archive = os.path.join(workdir, 'point-2.ova')
+    result = _vmsnap(svc, 'export', second, '--output', archive,
+                     '--no-progress')
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(archive) as tar:
+        record = json.load(tar.extractfile('vmsnap.json'))
+        tar.extract('disk-vda.qcow2', workdir)
+    properties = record['images'][0]['properties']
+    assert properties['vmsnap_flattened_from'] == second
+    assert 'vmsnap_parent_image_id' not in properties
+    assert digest.of_file(os.path.join(workdir, 'disk-vda.qcow2'), 'qcow2',
+                          tree=True) == images[2][
+                              'vmsnap_content_tree_sha256']
 
     result = _vmsnap(svc, 'chain', guest.name)
     assert result.returncode == 0, result.stderr
