@@ -49,6 +49,8 @@ GONE_ERRORS = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_BACKUP,
                libvirt.VIR_ERR_OPERATION_INVALID)
 
 AGENT_CHANNEL = 'org.qemu.guest_agent.0'
+# Where libvirt (qemu:///system) keeps a running guest's pid file.
+QEMU_RUN_DIR = '/run/libvirt/qemu'
 # Nova's metadata in the domain XML (1.1 today; any version is read).
 NOVA_NAMESPACE = 'http://openstack.org/xmlns/libvirt/nova/'
 
@@ -62,6 +64,19 @@ class Disk:
     path: Optional[str]
     format: Optional[str]
     readonly: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerFacts:
+    """What a domain tells of its server; None where it says nothing."""
+
+    created: Optional[str] = None
+    flavor: Optional[dict] = None
+    image: Optional[str] = None
+    user: Optional[str] = None
+    project: Optional[str] = None
+    # Epoch seconds.
+    launched: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,16 +205,41 @@ class Guest:
 
     def owner_project(self) -> Optional[str]:
         """The project Nova recorded as the server's owner, if any."""
+        return self.facts().project
+
+    def facts(self) -> 'ServerFacts':
+        """What the domain holds about the server it is.
+
+        Nova writes ``<nova:instance>`` metadata (any version is read):
+        creation time, flavor, root image, owner.  The launch time is when
+        libvirt started its QEMU (its pid file), None while shut off.
+        """
         with self._translated('read the domain XML'):
             root = ElementTree.fromstring(self._domain.XMLDesc(0))
-        for element in root.iter():
-            tag = element.tag
-            if (isinstance(tag, str) and tag.startswith('{' + NOVA_NAMESPACE)
-                    and tag.endswith('}owner')):
-                project = element.find(tag[:-len('owner')] + 'project')
-                if project is not None and project.get('uuid'):
-                    return project.get('uuid')
-        return None
+        instance = next((e for e in root.iter() if isinstance(e.tag, str)
+                         and e.tag.startswith('{' + NOVA_NAMESPACE)
+                         and e.tag.endswith('}instance')), None)
+        facts = {}
+        if instance is not None:
+            ns = instance.tag[:-len('instance')]
+            facts['created'] = (instance.findtext(ns + 'creationTime')
+                                or None)
+            flavor = instance.find(ns + 'flavor')
+            if flavor is not None:
+                facts['flavor'] = dict(
+                    {c.tag[len(ns):]: c.text for c in flavor},
+                    name=flavor.get('name'))
+            root_image = instance.find(ns + 'root')
+            if root_image is not None and root_image.get('type') == 'image':
+                facts['image'] = root_image.get('uuid')
+            for who in ('user', 'project'):
+                node = instance.find('%sowner/%s%s' % (ns, ns, who))
+                if node is not None:
+                    facts[who] = node.get('uuid')
+        pidfile = os.path.join(QEMU_RUN_DIR, '%s.pid' % root.findtext('name'))
+        if root.get('id') and os.path.exists(pidfile):
+            facts['launched'] = os.stat(pidfile).st_mtime
+        return ServerFacts(**facts)
 
     def is_gone(self) -> bool:
         """The guest no longer runs: shut off, crashed, or deleted.

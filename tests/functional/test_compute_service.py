@@ -22,6 +22,17 @@ def test_server_show(service, running_guest):
     assert shown['status'] == 'ACTIVE'
     assert shown['OS-EXT-STS:vm_state'] == 'active'
     assert shown['OS-EXT-STS:task_state'] is None
+    # A guest on a local file was not booted from a volume: the client
+    # shows its disk; and what the domain holds survives a restart.
+    assert shown['image'] == 'disk.qcow2'
+    assert shown['OS-SRV-USG:launched_at']
+    svc.stop()
+    svc.start()
+    again = json.loads(svc.openstack('server', 'show', running_guest.name,
+                                     '-f', 'json').stdout)
+    for field in ('created', 'OS-SRV-USG:launched_at', 'updated', 'image',
+                  'flavor'):
+        assert again[field] == shown[field], field
 
 
 def test_image_create_waits_for_active_image_with_guest_data(

@@ -21,6 +21,10 @@ def make_app(trusted=True, owner='project-a'):
     guest.state.return_value = guest_mod.RUNNING
     guest.has_managed_save.return_value = False
     guest.hardware.return_value = (2, 512)
+    guest.facts.return_value = guest_mod.ServerFacts()
+    guest.disks.return_value = [guest_mod.Disk('vda', 'file',
+                                               '/var/lib/x/disk.qcow2',
+                                               'qcow2', False)]
     host = mock.Mock()
     host.list_guests.return_value = [guest]
 
@@ -247,3 +251,46 @@ def test_a_domain_without_owner_is_the_admins_alone():
                 project='project-a')[0] == 404
     assert call(application, 'GET', server, roles=['admin'],
                 project='x')[0] == 200
+
+
+def test_a_server_shows_what_its_domain_holds():
+    application, _m, guest = make_app()
+    _s, _h, body = call(application, 'GET', '/v2.1/servers/' + UUID)
+    server = body['server']
+    # No Nova record: its disk file, never "booted from volume".
+    assert server['image'] == {'id': 'disk.qcow2', 'links': []}
+    assert server['OS-SRV-USG:launched_at'] is None
+    guest.facts.return_value = guest_mod.ServerFacts(
+        created='2026-11-28 10:00:00', image='img-base', user='u',
+        project='p', launched=1764324000.0,
+        flavor={'name': 'm1.small', 'memory': '2048', 'vcpus': '1',
+                'disk': '20', 'swap': '0', 'ephemeral': '0'})
+    _s, _h, body = call(application, 'GET', '/v2.1/servers/' + UUID,
+                        version='2.47')
+    server = body['server']
+    assert server['image']['id'] == 'img-base'
+    assert server['created'] == '2026-11-28T10:00:00Z'
+    assert server['OS-SRV-USG:launched_at'] == '2025-11-28T10:00:00Z'
+    assert (server['tenant_id'], server['user_id']) == ('p', 'u')
+    assert server['flavor']['original_name'] == 'm1.small'
+    assert (server['flavor']['ram'], server['flavor']['disk']) == (2048, 20)
+
+
+def test_nova_metadata_is_read_from_the_domain():
+    domain = mock.Mock()
+    domain.XMLDesc.return_value = """<domain id='3'><name>vm</name>
+      <metadata><nova:instance
+          xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
+        <nova:creationTime>2026-11-28 10:00:00</nova:creationTime>
+        <nova:flavor name="m1.tiny"><nova:memory>512</nova:memory>
+          <nova:vcpus>1</nova:vcpus></nova:flavor>
+        <nova:owner><nova:user uuid="u1">alice</nova:user>
+          <nova:project uuid="p1">alpha</nova:project></nova:owner>
+        <nova:root type="image" uuid="i1"/>
+      </nova:instance></metadata></domain>"""
+    facts = guest_mod.Guest(domain).facts()
+    assert (facts.created, facts.image, facts.user, facts.project) == (
+        '2026-11-28 10:00:00', 'i1', 'u1', 'p1')
+    assert facts.flavor == {'name': 'm1.tiny', 'memory': '512',
+                            'vcpus': '1'}
+    assert guest_mod.Guest(domain).owner_project() == 'p1'

@@ -8,7 +8,7 @@ takes the service down.
 
 import json
 import re
-from typing import Any
+from typing import Any, Optional
 
 from oslo_context import context as oslo_context
 from oslo_log import log as logging
@@ -51,8 +51,10 @@ class ComputeAPI:
     """
 
     def __init__(self, host: Any, manager: Any, images: Any,
-                 enforcer: Any, trusted: bool = False) -> None:
-        self._servers = servers.Servers(host, manager, images, enforcer)
+                 enforcer: Any, trusted: bool = False,
+                 state_path: Optional[str] = None) -> None:
+        self._servers = servers.Servers(host, manager, images, enforcer,
+                                        state_path)
         self._trusted = trusted
 
     @webob.dec.wsgify

@@ -3,9 +3,12 @@
 import datetime
 import hashlib
 import json
+import os
 import re
 import socket
-from typing import Any, Tuple
+import threading
+import time
+from typing import Any, Optional, Tuple
 
 import webob
 
@@ -15,6 +18,7 @@ from vmsnap_driver.compute import manager as manager_mod
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import image_properties
+from vmsnap_driver import journal
 from vmsnap_driver import policy
 
 # libvirt state -> (status, vm_state, power_state), as Nova reports them.
@@ -36,7 +40,8 @@ REBUILD_HINT = (' vmsnap-compute rebuilds a server only onto one of its own '
                 'snapshots, which reverts it; it changes nothing else.')
 
 UUID_RE = re.compile(schemas.UUID_PATTERN)
-EPOCH = '1970-01-01T00:00:00Z'
+# Under state_path: when each domain without Nova's record was first seen.
+FIRST_SEEN = 'servers-first-seen.json'
 
 
 def _status(guest: guest_mod.Guest) -> Tuple[str, str, int]:
@@ -50,7 +55,8 @@ class Servers:
     """Handlers for /v2.1/servers; every method returns a JSON-able dict."""
 
     def __init__(self, host: Any, manager: manager_mod.ComputeManager,
-                 images: Any, enforcer: policy.Enforcer) -> None:
+                 images: Any, enforcer: policy.Enforcer,
+                 state_path: Optional[str] = None) -> None:
         self._host = host
         self._manager = manager
         self._images = images
@@ -58,7 +64,10 @@ class Servers:
         self._hostname = socket.gethostname()
         self._host_id = hashlib.sha224(
             self._hostname.encode()).hexdigest()
-        self._first_seen = {}
+        self._first_seen_path = (os.path.join(state_path, FIRST_SEEN)
+                                 if state_path else None)
+        self._first_seen = _read_json(self._first_seen_path)
+        self._lock = threading.Lock()
 
     # -- lookups ------------------------------------------------------
     def _guest(self, server_id: str, context: Any,
@@ -86,11 +95,37 @@ class Servers:
                                     'performed.' % rule)
         return guest
 
-    def _created(self, uuid: str) -> str:
-        # libvirt keeps no creation time: report when we first saw it.
-        return self._first_seen.setdefault(
-            uuid, datetime.datetime.now(datetime.timezone.utc).strftime(
-                '%Y-%m-%dT%H:%M:%SZ'))
+    def _created(self, uuid: str, facts: guest_mod.ServerFacts) -> str:
+        """Nova's creation time; else when vmsnap first saw the domain.
+
+        libvirt keeps no creation time: the first sighting is kept under
+        ``state_path``, so that it stays the same across restarts.
+        """
+        if facts.created:
+            return facts.created.replace(' ', 'T') + 'Z'
+        with self._lock:
+            if uuid not in self._first_seen:
+                self._first_seen[uuid] = _timestamp(time.time())
+                if self._first_seen_path:
+                    journal.write_json(self._first_seen_path,
+                                       self._first_seen)
+            return self._first_seen[uuid]
+
+    def _image(self, guest: guest_mod.Guest, facts: guest_mod.ServerFacts,
+               base: str) -> Any:
+        """The image it was built from: Nova's record, else its disk file.
+
+        The client shows "booted from volume" for an empty value: only a
+        server without a file disk is.
+        """
+        if facts.image:
+            return {'id': facts.image, 'links': [
+                {'rel': 'bookmark',
+                 'href': '%s/images/%s' % (base, facts.image)}]}
+        disks = [d for d in guest.disks() if d.path]
+        if facts.flavor is None and disks:
+            return {'id': os.path.basename(disks[0].path), 'links': []}
+        return ''
 
     # -- views --------------------------------------------------------
     def _links(self, base: str, uuid: str) -> list:
@@ -101,12 +136,24 @@ class Servers:
         return {'id': guest.uuid, 'name': guest.name,
                 'links': self._links(base, guest.uuid)}
 
-    def _flavor(self, guest: guest_mod.Guest, version: tuple) -> dict:
+    def _flavor(self, guest: guest_mod.Guest, facts: guest_mod.ServerFacts,
+                version: tuple) -> dict:
+        """Nova's flavor record; else what the domain has."""
         vcpus, ram = guest.hardware()
-        name = 'vmsnap-%dcpu-%dmb' % (vcpus, ram)
+        flavor = facts.flavor or {}
+        name = flavor.get('name') or 'vmsnap-%dcpu-%dmb' % (vcpus, ram)
+
+        def number(key: str, default: int) -> int:
+            try:
+                return int(flavor.get(key))
+            except (TypeError, ValueError):
+                return default
         if version >= (2, 47):
-            return {'vcpus': vcpus, 'ram': ram, 'disk': 0, 'ephemeral': 0,
-                    'swap': 0, 'original_name': name, 'extra_specs': {}}
+            return {'vcpus': number('vcpus', vcpus),
+                    'ram': number('memory', ram), 'disk': number('disk', 0),
+                    'ephemeral': number('ephemeral', 0),
+                    'swap': number('swap', 0), 'original_name': name,
+                    'extra_specs': {}}
         return {'id': name, 'links': []}
 
     def _detail(self, guest: guest_mod.Guest, base: str,
@@ -117,18 +164,21 @@ class Servers:
         task = self._manager.task(guest.uuid)
         if task:
             status = task.status
-        created = self._created(guest.uuid)
+        facts = guest.facts()
+        created = self._created(guest.uuid, facts)
+        launched = (_timestamp(facts.launched) if facts.launched
+                    else None)
         server = self._summary(guest, base)
         server.update({
             'status': status,
-            'tenant_id': '',
-            'user_id': '',
+            'tenant_id': facts.project or '',
+            'user_id': facts.user or '',
             'metadata': {},
             'hostId': self._host_id,
-            'image': '',
-            'flavor': self._flavor(guest, version),
+            'image': self._image(guest, facts, base),
+            'flavor': self._flavor(guest, facts, version),
             'created': created,
-            'updated': created,
+            'updated': max(created, launched or ''),
             'addresses': {},
             'accessIPv4': '',
             'accessIPv6': '',
@@ -145,7 +195,7 @@ class Servers:
             'OS-EXT-STS:task_state': task.state if task else None,
             'OS-EXT-STS:vm_state': vm_state,
             'OS-EXT-STS:power_state': power_state,
-            'OS-SRV-USG:launched_at': created,
+            'OS-SRV-USG:launched_at': launched,
             'OS-SRV-USG:terminated_at': None,
             'os-extended-volumes:volumes_attached': [],
         })
@@ -259,6 +309,19 @@ class Servers:
         response.text = json.dumps(
             {'server': self._detail(guest, base, version)})
         return response
+
+
+def _timestamp(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(
+        epoch, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def _read_json(path: Optional[str]) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (TypeError, OSError, ValueError):
+        return {}
 
 
 def _json_body(req: webob.Request) -> dict:

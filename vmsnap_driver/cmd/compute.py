@@ -42,7 +42,8 @@ def build_app(manager: manager_mod.ComputeManager,
     keystone = CONF.api.auth_strategy == 'keystone'
     application = app.ComputeAPI(
         host_mod.Host(CONF.libvirt.connection_uri), manager, images,
-        policy.Enforcer(CONF), trusted=not keystone)
+        policy.Enforcer(CONF), trusted=not keystone,
+        state_path=CONF.state_path)
     if keystone:
         # Imported here: only keystone deployments need it.
         from keystonemiddleware import auth_token
