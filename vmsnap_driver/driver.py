@@ -38,15 +38,18 @@ class LibvirtDriver:
 
     def snapshot(self, context: Any, instance: Any, image_id: str,
                  update_task_state: Optional[
-                     engine.TaskStateCallback] = None) -> None:
+                     engine.TaskStateCallback] = None,
+                 progress: Optional[engine.ProgressCallback] = None
+                 ) -> None:
         """Capture the instance's disks into the queued image.
 
         Only one snapshot of an instance runs at a time; others wait.
+        ``progress`` (beyond Nova's contract) is told the bytes uploaded.
         """
         with _instance_lock(instance.uuid):
             self._engine.take(instance, image_id,
                               update_task_state or engine.no_task_state,
-                              self._images_for(context))
+                              self._images_for(context), progress)
 
     def check_revert(self, context: Any, instance: Any,
                      image_id: str) -> restore.Plan:

@@ -10,6 +10,7 @@ options live and how images are reached (``images``).
 import dataclasses
 import functools
 import os
+import time
 from typing import Any, Callable, Optional
 import uuid as uuidlib
 
@@ -32,6 +33,7 @@ from vmsnap_driver import memory_image
 from vmsnap_driver import nbd
 from vmsnap_driver import qemu_img
 from vmsnap_driver import quiesce
+from vmsnap_driver import streams
 from vmsnap_driver import workspace
 
 LOG = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ MEMORY_REQUEST_PROPERTY = 'vmsnap_memory'
 MIB = 1024 * 1024
 
 TaskStateCallback = Callable[..., None]
+# (bytes uploaded so far, bytes the snapshot is expected to upload).
+ProgressCallback = Callable[[int, int], None]
 
 
 def no_task_state(task_state: str, expected_state: Optional[str] = None):
@@ -72,13 +76,17 @@ class SnapshotEngine:
         self._state_path = state_path
 
     def take(self, instance: Any, image_id: str,
-             update_task_state: TaskStateCallback, images: Any) -> None:
+             update_task_state: TaskStateCallback, images: Any,
+             progress: Optional[ProgressCallback] = None) -> None:
         """Capture the instance's disks into ``image_id`` (and new images).
 
         :param images: what talks to Glance: ``check_queued``, ``create``,
             ``delete``, ``upload``, ``set_properties``.
+        :param progress: told the bytes uploaded as they go, against the
+            most the snapshot can upload (its disks' data and memory).
         """
         plan = self._plan(instance, image_id, images)
+        images = _Counted(images, plan.upload_bytes(), progress)
         record = journal.begin(self._state_path, KIND, instance.uuid,
                                images=[image_id])
         try:
@@ -103,8 +111,10 @@ class SnapshotEngine:
                 raise
         finally:
             _end(record)
-        LOG.info('Snapshot image %(image)s is active%(others)s',
-                 {'image': image_id, 'others': group.describe_others()},
+        LOG.info('Snapshot image %(image)s is active%(others)s: '
+                 '%(summary)s', {'image': image_id,
+                                 'others': group.describe_others(),
+                                 'summary': images.summary()},
                  instance_uuid=instance.uuid)
 
     def _plan(self, instance: Any, image_id: str, images: Any) -> '_Plan':
@@ -309,6 +319,11 @@ class _Plan:
     # The definition at snapshot time, recorded for an export.
     domain_xml: str
 
+    def upload_bytes(self) -> int:
+        """The most this snapshot uploads: its disks' data, its memory."""
+        memory = self.guest.hardware()[1] * MIB if self.memory else 0
+        return sum(_flat_size(c) for c in self.chains) + memory
+
     def space_needed(self) -> int:
         flat = 0 if self.streamed else sum(_flat_size(c)
                                            for c in self.chains)
@@ -331,6 +346,37 @@ class _Plan:
             freeze_seconds=self.freezer.seconds,
             disks=tuple(d.target for d in self.disks),
             guest_state=self.state)
+
+
+class _Counted:
+    """Glance, with the bytes each upload reads counted for ``progress``."""
+
+    def __init__(self, images: Any, expected: int,
+                 progress: Optional[ProgressCallback]) -> None:
+        self._images = images
+        self._expected = max(expected, 1)
+        self._progress = progress or (lambda _done, _total: None)
+        self._started = time.monotonic()
+        self.uploaded = 0
+        self._progress(0, self._expected)
+
+    def _count(self, n: int) -> None:
+        self.uploaded += n
+        self._progress(self.uploaded, max(self._expected, self.uploaded))
+
+    def upload(self, image_id: str, data: Any, *args: Any,
+               **kwargs: Any) -> dict:
+        return self._images.upload(
+            image_id, streams.CountingReader(data, self._count), *args,
+            **kwargs)
+
+    def summary(self) -> str:
+        seconds = max(time.monotonic() - self._started, 1e-3)
+        return '%.1f MiB uploaded in %.1f s (%.1f MiB/s)' % (
+            self.uploaded / MIB, seconds, self.uploaded / MIB / seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._images, name)
 
 
 class _ImageGroup:

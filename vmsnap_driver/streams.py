@@ -70,3 +70,23 @@ class HashingReader:
         self.hash.update(data)
         self.count += len(data)
         return data
+
+
+class CountingReader:
+    """A file whose reads ``count`` their bytes; all else is the file's.
+
+    ``seek`` passes through when the file has it, so that a retried
+    upload can start again (and then counts again from its start).
+    """
+
+    def __init__(self, f: Any, count: Callable[[int], None]) -> None:
+        self._f = f
+        self._count = count
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._count(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)

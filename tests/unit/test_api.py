@@ -7,6 +7,7 @@ from oslo_config import cfg
 import webob
 
 from vmsnap_driver.api import app
+from vmsnap_driver.compute import manager as manager_mod
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import policy
@@ -95,11 +96,11 @@ def test_server_status_follows_libvirt_and_task():
     server = body['servers'][0]
     assert (server['status'], server['OS-EXT-STS:vm_state']) == (
         'SUSPENDED', 'suspended')
-    manager.task.return_value = mock.Mock(state='image_uploading',
-                                          status='ACTIVE')
+    manager.task.return_value = manager_mod.Task(
+        'image_uploading', 'ACTIVE', uploaded=3, expected=4)
     _s, _h, body = call(application, 'GET', '/v2.1/servers/' + UUID)
     assert body['server']['status'] == 'ACTIVE'
-    assert body['server']['progress'] == 60
+    assert body['server']['progress'] == 25 + 74 * 3 // 4
 
 
 def test_create_image_answers_202_with_image_id():
@@ -154,8 +155,7 @@ def test_name_filter():
 
 def test_rebuild_answers_202_with_the_server_rebuilding():
     application, manager, _g = make_app()
-    manager.task.return_value = mock.Mock(state='rebuilding',
-                                          status='REBUILD')
+    manager.task.return_value = manager_mod.Task('rebuilding', 'REBUILD')
     status, _h, body = call(application, 'POST',
                             '/v2.1/servers/%s/action' % UUID,
                             {'rebuild': {'imageRef': UUID}})

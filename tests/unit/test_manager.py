@@ -20,7 +20,8 @@ class BlockingDriver:
         self.error = error
         self.states = []
 
-    def snapshot(self, context, instance, image_id, update_task_state):
+    def snapshot(self, context, instance, image_id, update_task_state,
+                 progress=None):
         self.started.set()
         update_task_state(task_state='image_pending_upload')
         self.states.append('image_pending_upload')
@@ -85,7 +86,8 @@ def test_stop_drops_queued_snapshots_and_deletes_their_images():
 
 def test_task_state_changes_are_checked():
     class WrongDriver:
-        def snapshot(self, context, instance, image_id, update_task_state):
+        def snapshot(self, context, instance, image_id, update_task_state,
+                     progress=None):
             update_task_state(task_state='image_uploading',
                               expected_state='image_pending_upload')
     manager, images = make(WrongDriver())

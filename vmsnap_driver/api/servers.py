@@ -184,8 +184,7 @@ class Servers:
             'accessIPv6': '',
             'config_drive': '',
             'key_name': None,
-            'progress': (manager_mod.PROGRESS.get(task.state, 0)
-                         if task else 0),
+            'progress': task.progress if task else 0,
             'security_groups': [],
             'OS-DCF:diskConfig': 'MANUAL',
             'OS-EXT-AZ:availability_zone': 'nova',

@@ -19,6 +19,7 @@ from vmsnap_driver import config
 from vmsnap_driver import exception
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
+from vmsnap_driver import progress
 
 LOG = logging.getLogger(__name__)
 CONF = config.CONF
@@ -53,14 +54,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     except exception.VmsnapException as e:
         print('ERROR: %s' % e, file=sys.stderr)
         return 1
+    bar = progress.Progress(0, 'uploading', enabled=sys.stderr.isatty())
+
+    def uploaded(done: int, expected: int) -> None:
+        bar.total = max(expected, 1)
+        bar.update(done - bar.done)
     try:
         driver.snapshot(oslo_context.RequestContext(),
                         Instance(uuid=guest.uuid, name=guest.name),
-                        image['id'])
+                        image['id'], progress=uploaded)
     except exception.VmsnapException as e:
         images.delete(image['id'])
         print('ERROR: %s' % e, file=sys.stderr)
         return 1
+    bar.finish()
     image = images.get(image['id'])
     for key in ('id', 'name', 'status', 'disk_format', 'size',
                 'vmsnap_mode', 'vmsnap_capture_start', 'vmsnap_capture_end'):
