@@ -69,7 +69,7 @@ def _members(path, dest):
 
 def test_export_then_import_brings_the_guest_back_where_it_was(
         service, make_guest, glance, workroot, conn):
-    svc = service()
+    svc = service(libvirt={'snapshot_disks': 'all'})
     guest = make_guest(agent=True, second_disk=True)
     guest.start()
     xml = guest.inactive_xml()
@@ -198,6 +198,31 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
     finally:
         copy.undefine()
         for key in ('vda', 'vdb', 'memory'):
+            glance.images.delete(printed[key].strip())
+
+    # A snapshot without memory, imported with --start, boots.
+    disk_only = json.loads(svc.openstack(
+        'server', 'image', 'create', guest.name, '--name', 'disk-only',
+        '--wait', '-f', 'json').stdout)['id']
+    _wait_task_done(svc, guest.uuid)
+    archive = os.path.join(workroot, 'disk-only-%s.ova' % guest.uuid[:8])
+    done = _vmsnap(svc, 'export', disk_only, '--output', archive)
+    assert done.returncode == 0, done.stderr
+    glance.images.delete(disk_only)
+    name = guest.name + '-booted'
+    done = _vmsnap(svc, 'import', archive, '--define', '--disk-dir',
+                   os.path.join(guest.workdir, 'booted'), '--name', name,
+                   '--start')
+    assert done.returncode == 0, done.stderr
+    printed = _printed(done.stdout)
+    booted = conn.lookupByName(name)
+    try:
+        assert printed['domain'].endswith(': running')
+        assert booted.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        booted.destroy()
+        booted.undefine()
+        for key in ('vda', 'vdb'):
             glance.images.delete(printed[key].strip())
 
 
