@@ -45,6 +45,12 @@ default_opts = [
                     'undone as at start-up, once what it needs answers '
                     'again. 0 disables the passes; start-up and "vmsnap '
                     'recover" still settle them.'),
+    cfg.IntOpt('shutdown_timeout',
+               default=60,
+               min=0,
+               help='Seconds "openstack server stop" waits for the guest to '
+                    'shut down when asked (ACPI), before powering it off, '
+                    'as Nova\'s option of that name. 0 powers off at once.'),
     cfg.IntOpt('max_concurrent_snapshots',
                default=5,
                min=1,

@@ -16,6 +16,7 @@ from vmsnap_driver import engine
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import memory_image
+from vmsnap_driver import power
 from vmsnap_driver import recovery
 from vmsnap_driver import restore
 
@@ -94,6 +95,25 @@ class LibvirtDriver:
             self._images, self._host, path, self._conf.state_path,
             self._seal_key, define=define, lock=_instance_lock,
             progress=progress or (lambda _n: None))
+
+    def power_off(self, instance: Any) -> None:
+        """Nova's clean stop: shut down, then power off after a while."""
+        self._under_lock(instance, lambda guest: power.power_off(
+            guest, self._conf.shutdown_timeout))
+
+    def power_on(self, instance: Any) -> None:
+        self._under_lock(instance, power.power_on)
+
+    def pause(self, instance: Any) -> None:
+        self._under_lock(instance, power.pause)
+
+    def unpause(self, instance: Any) -> None:
+        self._under_lock(instance, power.unpause)
+
+    def _under_lock(self, instance: Any, action: Any) -> None:
+        """Never under a running snapshot or revert of the same server."""
+        with _instance_lock(instance.uuid):
+            action(self._host.get_guest(instance.uuid))
 
     def _seal_key(self) -> bytes:
         return memory_image.seal_key(

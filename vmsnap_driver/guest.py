@@ -319,9 +319,21 @@ class Guest:
         with self._translated('stop the guest'):
             self._domain.destroy()
 
+    def shutdown(self) -> None:
+        """Ask the guest to shut down (ACPI); it may not listen."""
+        with self._translated('ask the guest to shut down'):
+            self._domain.shutdown()
+
+    def pause(self) -> None:
+        with self._translated('pause the guest'):
+            self._domain.suspend()
+
     def undefine(self) -> None:
+        """Undefine it, its managed save too; an NVRAM file is kept."""
         with self._translated('undefine the domain'):
-            self._domain.undefine()
+            self._domain.undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
 
     def has_managed_save(self) -> bool:
         with self._translated('look for a managed save image'):

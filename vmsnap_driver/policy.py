@@ -24,6 +24,10 @@ SHOW = 'os_compute_api:servers:show'
 INDEX = 'os_compute_api:servers:index'
 CREATE_IMAGE = 'os_compute_api:servers:create_image'
 REBUILD = 'os_compute_api:servers:rebuild'
+START = 'os_compute_api:servers:start'
+STOP = 'os_compute_api:servers:stop'
+PAUSE = 'os_compute_api:os-pause-server:pause'
+UNPAUSE = 'os_compute_api:os-pause-server:unpause'
 
 RULES = [
     policy.RuleDefault('context_is_admin', ADMIN,
@@ -50,6 +54,19 @@ RULES = [
                     'reverts it.',
         operations=[{'method': 'POST',
                      'path': '/servers/{server_id}/action (rebuild)'}]),
+] + [
+    policy.DocumentedRuleDefault(
+        name=name, check_str=PROJECT_MEMBER_OR_ADMIN,
+        description=description,
+        operations=[{'method': 'POST',
+                     'path': '/servers/{server_id}/action (%s)' % action}])
+    for name, action, description in (
+        (START, 'os-start', 'Start a stopped server (a managed-saved one '
+                            'resumes).'),
+        (STOP, 'os-stop', 'Stop a server: shut it down, then power it off '
+                          'after shutdown_timeout.'),
+        (PAUSE, 'pause', 'Pause a server.'),
+        (UNPAUSE, 'unpause', 'Unpause a paused server.'))
 ]
 
 

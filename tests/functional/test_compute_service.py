@@ -174,3 +174,38 @@ def test_noauth_refuses_non_loopback_address(service):
     svc = service(wait=False, api={'host': '0.0.0.0'})
     assert svc.proc.wait(timeout=30) == 2
     assert 'allow_noauth_remote' in svc.log_text()
+
+
+def test_the_clients_power_verbs_drive_the_guest(service, make_guest):
+    """stop, start, pause, unpause, as Nova maps them to libvirt."""
+    guest = make_guest()
+    guest.start()
+    # The test guest has no ACPI: a stop powers it off after the timeout.
+    svc = service(DEFAULT={'shutdown_timeout': 2})
+
+    def status_becomes(status, libvirt_state):
+        deadline = time.monotonic() + 60
+        while True:
+            shown = json.loads(svc.openstack(
+                'server', 'show', guest.name, '-f', 'json').stdout)
+            if (shown['status'], shown['OS-EXT-STS:task_state']) == (
+                    status, None):
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.5)
+        assert guest.state() == libvirt_state
+
+    svc.openstack('server', 'pause', guest.name)
+    status_becomes('PAUSED', libvirt.VIR_DOMAIN_PAUSED)
+    svc.openstack('server', 'unpause', guest.name)
+    status_becomes('ACTIVE', libvirt.VIR_DOMAIN_RUNNING)
+    svc.openstack('server', 'stop', guest.name)
+    status_becomes('SHUTOFF', libvirt.VIR_DOMAIN_SHUTOFF)
+    refused = svc.openstack('server', 'stop', guest.name, check=False)
+    assert refused.returncode != 0 and "Cannot 'stop'" in refused.stderr
+    svc.openstack('server', 'start', guest.name)
+    status_becomes('ACTIVE', libvirt.VIR_DOMAIN_RUNNING)
+    deadline = time.monotonic() + 120
+    while guest.boots() < 2:
+        assert time.monotonic() < deadline, 'the started guest did not boot'
+        time.sleep(0.5)

@@ -294,3 +294,21 @@ def test_nova_metadata_is_read_from_the_domain():
     assert facts.flavor == {'name': 'm1.tiny', 'memory': '512',
                             'vcpus': '1'}
     assert guest_mod.Guest(domain).owner_project() == 'p1'
+
+
+def test_power_actions_run_in_the_background_from_the_right_status():
+    application, manager, guest = make_app()
+    path = '/v2.1/servers/%s/action' % UUID
+    status, _h, _b = call(application, 'POST', path, {'os-stop': None})
+    assert status == 202
+    manager.power.assert_called_once_with(mock.ANY, mock.ANY, 'stop',
+                                          'ACTIVE')
+    status, _h, body = call(application, 'POST', path, {'unpause': None})
+    assert status == 409
+    assert "Cannot 'unpause'" in body['conflictingRequest']['message']
+    status, _h, _b = call(application, 'POST', path, {'pause': {'x': 1}})
+    assert status == 400
+    guest.state.return_value = guest_mod.SHUTOFF
+    guest.has_managed_save.return_value = False
+    status, _h, _b = call(application, 'POST', path, {'os-start': None})
+    assert status == 202

@@ -59,6 +59,12 @@ rebuild = {
 }
 
 
+def no_argument(action: str) -> dict:
+    """An action whose only argument is null, as Nova's os-stop."""
+    return {'type': 'object', 'properties': {action: {'type': 'null'}},
+            'required': [action], 'additionalProperties': False}
+
+
 def validate(schema: dict, body: Any, hint: str = '') -> None:
     """Raise a 400 fault naming the first thing wrong with ``body``."""
     validator = jsonschema.Draft4Validator(

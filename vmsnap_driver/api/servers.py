@@ -36,6 +36,14 @@ MANAGED_SAVED = ('SUSPENDED', 'suspended', 4)
 SNAPSHOT_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF', 'SUSPENDED')
 # A managed-saved guest would resume its saved memory over reverted disks.
 REBUILD_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF')
+# The power actions: Nova's action name, rule, the statuses it may start
+# from, and the manager's name for it.
+POWER_ACTIONS = {
+    'os-stop': (policy.STOP, ('ACTIVE', 'PAUSED'), 'stop'),
+    'os-start': (policy.START, ('SHUTOFF', 'SUSPENDED'), 'start'),
+    'pause': (policy.PAUSE, ('ACTIVE',), 'pause'),
+    'unpause': (policy.UNPAUSE, ('PAUSED',), 'unpause'),
+}
 REBUILD_HINT = (' vmsnap-compute rebuilds a server only onto one of its own '
                 'snapshots, which reverts it; it changes nothing else.')
 
@@ -252,6 +260,8 @@ class Servers:
             'createImage': (self._create_image, policy.CREATE_IMAGE),
             'rebuild': (self._rebuild, policy.REBUILD)}.get(name, (None,
                                                                    None))
+        if name in POWER_ACTIONS:
+            handler, rule = self._power, POWER_ACTIONS[name][0]
         if handler is None:
             raise faults.Fault(400, 'There is no such action: %s' % name)
         guest = self._guest(server_id, context, rule)
@@ -286,6 +296,20 @@ class Servers:
             response.content_type = 'application/json'
             response.text = json.dumps({'image_id': image_id})
         return response
+
+    def _power(self, body: dict, base: str, version: tuple,
+               guest: guest_mod.Guest, instance: manager_mod.Instance,
+               context: Any) -> webob.Response:
+        name = next(iter(body))
+        schemas.validate(schemas.no_argument(name), body)
+        _rule, allowed, action = POWER_ACTIONS[name]
+        status = _status(guest)[0]
+        if status not in allowed:
+            raise faults.Fault(409, "Cannot '%s' instance %s while it is in "
+                                    'status %s' % (action, guest.uuid,
+                                                   status))
+        self._manager.power(context, instance, action, status)
+        return webob.Response(status=202)
 
     def _rebuild(self, body: dict, base: str, version: tuple,
                  guest: guest_mod.Guest, instance: manager_mod.Instance,

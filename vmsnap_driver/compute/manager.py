@@ -26,6 +26,13 @@ IMAGE_SNAPSHOT_PENDING = 'image_snapshot_pending'
 IMAGE_SNAPSHOT = 'image_snapshot'
 REBUILDING = 'rebuilding'
 REBUILD_STATUS = 'REBUILD'
+# Nova's task state for each power action, and the driver's method.
+POWER_ACTIONS = {
+    'stop': ('powering-off', 'power_off'),
+    'start': ('powering-on', 'power_on'),
+    'pause': ('pausing', 'pause'),
+    'unpause': ('unpausing', 'unpause'),
+}
 
 # A rough percentage for each step, shown as the server's ``progress``.
 PROGRESS = {
@@ -194,6 +201,17 @@ class ComputeManager:
                                                  image_id),
                      'Revert to snapshot %s' % image_id, error_state=True)
 
+    # -- stop, start, pause, unpause ------------------------------------
+    def power(self, context: Any, instance: Instance, action: str,
+              status: str) -> None:
+        """Run a power action in the background, one per server at once."""
+        task_state, method = POWER_ACTIONS[action]
+        self._claim(instance.uuid, Task(task_state, status,
+                                        owns_image=False))
+        self._submit(context, instance.uuid, None,
+                     lambda: getattr(self._driver, method)(instance),
+                     'The %s action' % action, error_state=False)
+
     # -- running tasks -------------------------------------------------
     def _claim(self, uuid: str, task: Task) -> None:
         with self._lock:
@@ -208,7 +226,7 @@ class ComputeManager:
         with self._lock:
             del self._tasks[uuid]
 
-    def _submit(self, context: Any, uuid: str, image_id: str,
+    def _submit(self, context: Any, uuid: str, image_id: Optional[str],
                 work: Callable[[], None], what: str,
                 error_state: bool) -> None:
         """Run ``work`` in the background.
