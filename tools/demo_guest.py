@@ -1,26 +1,43 @@
-"""Make sure the demo guest exists and runs: a tiny TCG guest built from
-Debian packages (see tests/functional/testguest.py)."""
+"""Make sure the demo guest exists and runs, or remove it: a tiny TCG guest
+built from Debian packages (see tests/functional/testguest.py)."""
 
 import argparse
+import shutil
 
 import libvirt
 
 from tests.functional import testguest
 
 
+def _ignore(_ctx, _err) -> None:
+    """libvirt prints every error on stderr by default: a lookup that finds
+    nothing is no error here."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--name', default='vmsnap-demo')
     parser.add_argument('--workdir', default='/var/lib/vmsnap-demo/guest')
+    parser.add_argument('--remove', action='store_true',
+                        help='Stop and undefine the guest, remove its files.')
     args = parser.parse_args()
+    libvirt.registerErrorHandler(_ignore, None)
     conn = libvirt.open('qemu:///system')
-    try:
-        dom = conn.lookupByName(args.name)
-    except libvirt.libvirtError:
+    found = [d for d in conn.listAllDomains(0) if d.name() == args.name]
+    if args.remove:
+        for dom in found:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            print('Demo guest %s removed' % args.name)
+        shutil.rmtree(args.workdir, ignore_errors=True)
+        return
+    if not found:
         print('Building and defining demo guest %s in %s'
               % (args.name, args.workdir))
         testguest.TestGuest(conn, args.workdir, name=args.name).start()
-        dom = conn.lookupByName(args.name)
+        found = [conn.lookupByName(args.name)]
+    dom = found[0]
     if not dom.isActive():
         dom.create()
     print('Demo guest %s (%s) is running' % (args.name, dom.UUIDString()))
