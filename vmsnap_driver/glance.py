@@ -26,6 +26,7 @@ from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 from oslo_log import log as logging
+from oslo_utils import uuidutils
 
 from vmsnap_driver import exception
 
@@ -141,6 +142,24 @@ class ImageService:
     def get(self, image_id: str) -> dict:
         return self._retried('read', image_id, lambda: dict(
             self._get_client().images.get(image_id)))
+
+    def find(self, name_or_id: str) -> dict:
+        """An image by id or, as the openstack client does, by its name.
+
+        A name must be one image's (hidden ones included).
+        """
+        if uuidutils.is_uuid_like(name_or_id):
+            return self.get(name_or_id)
+        found = {i['id']: i for hidden in ('false', 'true')
+                 for i in self.list(name=name_or_id, os_hidden=hidden)}
+        if not found:
+            raise exception.ImageNotFound(image_id=name_or_id)
+        if len(found) > 1:
+            raise exception.GlanceRefused(
+                action='find', image_id=name_or_id,
+                reason='%d images have that name (%s): give an id'
+                % (len(found), ', '.join(sorted(found))))
+        return next(iter(found.values()))
 
     def create(self, name: str, properties: dict) -> dict:
         """A new, queued image, as Nova's API creates one for a snapshot.

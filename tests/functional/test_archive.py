@@ -89,7 +89,8 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
     ahead = guest.wait_counter_above(after + 4)
 
     archive = os.path.join(workroot, 'snapshot-%s.ova' % guest.uuid[:8])
-    done = _vmsnap(svc, 'export', image['id'], '--output', archive)
+    # By its name, as the openstack client takes one.
+    done = _vmsnap(svc, 'export', 'to-export', '--output', archive)
     assert done.returncode == 0, done.stderr
     # What any OVF tool finds: a descriptor first, plain qcow2 disks of
     # the snapshot's bytes, every member in the manifest, which is last.

@@ -63,3 +63,21 @@ def test_a_delete_that_finds_the_image_gone_is_done(images):
         glance_exc.HTTPNotFound('gone')]
     service.delete('i')
     assert service._client.images.delete.call_count == 2
+
+
+def test_an_image_is_found_by_id_or_by_its_one_name(images):
+    service, _sleep = images
+    uuid = '11111111-2222-4333-8444-555555555555'
+    service._client.images.get.return_value = {'id': uuid}
+    assert service.find(uuid)['id'] == uuid
+    service._client.images.list.side_effect = lambda filters: (
+        [{'id': uuid}] if filters['os_hidden'] == 'true' else [])
+    assert service.find('before-upgrade')['id'] == uuid
+    service._client.images.list.side_effect = lambda filters: [
+        {'id': 'a'}, {'id': 'b'}]
+    with pytest.raises(exception.GlanceRefused) as e:
+        service.find('twice')
+    assert 'give an id' in str(e.value)
+    service._client.images.list.side_effect = lambda filters: []
+    with pytest.raises(exception.ImageNotFound):
+        service.find('none')

@@ -36,7 +36,8 @@ def _add_parsers(subparsers) -> None:
     parser = subparsers.add_parser(
         'verify', help='Download a snapshot image and check it against the '
                        'content digest it carries; exits 1 on a mismatch.')
-    parser.add_argument('image_id')
+    parser.add_argument('image_id', metavar='IMAGE',
+                        help='Image name or id.')
     parser.add_argument('--no-progress', action='store_true',
                         help='Do not draw a progress bar.')
     parser = subparsers.add_parser(
@@ -45,14 +46,16 @@ def _add_parsers(subparsers) -> None:
                        'bytes, and it resumes from the snapshot\'s memory '
                        'when the snapshot has one, else boots.')
     parser.add_argument('server', help='Domain name or UUID.')
-    parser.add_argument('image_id', help='A snapshot of that guest.')
+    parser.add_argument('image_id', metavar='IMAGE',
+                        help='A snapshot of that guest: name or id.')
     parser.add_argument('--no-progress', action='store_true',
                         help='Do not draw a progress bar.')
     parser = subparsers.add_parser(
         'flatten', help='Write one point of a snapshot chain (a delta and '
                         'the images under it) as one full, bootable image; '
                         'prints its id.')
-    parser.add_argument('image_id')
+    parser.add_argument('image_id', metavar='IMAGE',
+                        help='Image name or id.')
     parser.add_argument('--name', required=True,
                         help='Name of the new image.')
     parser.add_argument('--no-progress', action='store_true',
@@ -64,7 +67,8 @@ def _add_parsers(subparsers) -> None:
     parser = subparsers.add_parser(
         'export', help='Write a snapshot (its disks, memory state, domain '
                        'XML and properties) as one OVA file.')
-    parser.add_argument('image_id')
+    parser.add_argument('image_id', metavar='IMAGE',
+                        help='Image name or id.')
     parser.add_argument('--output', required=True,
                         help='The OVA file to write, or - for stdout.')
     parser.add_argument('--no-progress', action='store_true',
@@ -104,20 +108,26 @@ def _revert() -> int:
         guest = host_mod.Host(CONF.libvirt.connection_uri).lookup(
             CONF.command.server)
         instance = manager.Instance(uuid=guest.uuid, name=guest.name)
-        plan = driver.check_revert(None, instance, CONF.command.image_id)
+        image_id = _image_id()
+        plan = driver.check_revert(None, instance, image_id)
         bar = progress.Progress(plan.download_bytes(), 'restoring',
                                 enabled=not CONF.command.no_progress)
-        driver.revert(None, instance, CONF.command.image_id,
+        driver.revert(None, instance, image_id,
                       progress=bar.update)
         bar.finish()
     except exception.VmsnapException as e:
         print('ERROR: %s' % e, file=sys.stderr)
         return 1
     print('server %s reverted to image %s: %s (%s)' % (
-        guest.name, CONF.command.image_id, guest.state(),
+        guest.name, image_id, guest.state(),
         'resumed from its memory state' if plan.memory
         else 'booted' if guest.state() != 'shutoff' else 'left off'))
     return 0
+
+
+def _image_id() -> str:
+    """The image argument, an id or a name, as an id."""
+    return glance.ImageService(CONF).find(CONF.command.image_id)['id']
 
 
 def _load_driver():
@@ -147,7 +157,7 @@ def _flatten() -> int:
     images = glance.ImageService(CONF)
     workdir = _workdir()
     try:
-        chain = chains.lineage(images, images.get(CONF.command.image_id))
+        chain = chains.lineage(images, images.find(CONF.command.image_id))
         bar = progress.Progress(sum(i.get('size') or 0 for i in chain),
                                 'downloading',
                                 enabled=not CONF.command.no_progress)
@@ -207,7 +217,8 @@ def _verify() -> int:
         # the operator sized for that.
         os.makedirs(CONF.libvirt.snapshots_directory, mode=0o711,
                     exist_ok=True)
-        verdict = verify.verify(images, CONF.command.image_id,
+        verdict = verify.verify(images,
+                                images.find(CONF.command.image_id)['id'],
                                 workdir=CONF.libvirt.snapshots_directory,
                                 show_progress=not CONF.command.no_progress)
     except exception.VmsnapException as e:
@@ -227,7 +238,7 @@ def _export() -> int:
     partial = None
     try:
         export = archive.plan_export(glance.ImageService(CONF),
-                                     CONF.command.image_id, workdir)
+                                     _image_id(), workdir)
         bar = progress.Progress(export.size(), 'exporting',
                                 enabled=not CONF.command.no_progress)
         if output == '-':
