@@ -268,8 +268,15 @@ def test_guest_gone_mid_snapshot_fails_cleanly(
             # Its own user ends it (the test domain has no ACPI, so a
             # poweroff only halts: a reboot ends it, on_reboot=destroy).
             guest.start_command('reboot -nf')
-            _wait(lambda: guest.state() == libvirt.VIR_DOMAIN_SHUTOFF,
-                  'the guest off', timeout=30, interval=0.1)
+            try:
+                _wait(lambda: guest.state() == libvirt.VIR_DOMAIN_SHUTOFF,
+                      'the guest off', timeout=15, interval=0.1)
+            except AssertionError:
+                # Seen once in CI: the command did not end the guest (a
+                # busy agent under TCG).  The kernel's own reboot, then.
+                guest.start_command('echo b > /proc/sysrq-trigger')
+                _wait(lambda: guest.state() == libvirt.VIR_DOMAIN_SHUTOFF,
+                      'the guest off', timeout=30, interval=0.1)
         thread.join(120)
         assert not thread.is_alive()
         assert outcome['error'] is not None
