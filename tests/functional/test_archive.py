@@ -274,7 +274,7 @@ def small_snapshot(glance, workroot):
 
 @pytest.fixture
 def larger_snapshot(glance, workroot):
-    yield from _vmsnap_looking_snapshot(glance, workroot, 256)
+    yield from _vmsnap_looking_snapshot(glance, workroot, 128)
 
 
 def _vmsnap_looking_snapshot(glance, workroot, data_mib):

@@ -205,7 +205,3 @@ def test_the_clients_power_verbs_drive_the_guest(service, make_guest):
     assert refused.returncode != 0 and "Cannot 'stop'" in refused.stderr
     svc.openstack('server', 'start', guest.name)
     status_becomes('ACTIVE', libvirt.VIR_DOMAIN_RUNNING)
-    deadline = time.monotonic() + 120
-    while guest.boots() < 2:
-        assert time.monotonic() < deadline, 'the started guest did not boot'
-        time.sleep(0.5)
