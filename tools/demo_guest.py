@@ -10,8 +10,7 @@ from tests.functional import testguest
 
 
 def _ignore(_ctx, _err) -> None:
-    """libvirt prints every error on stderr by default: a lookup that finds
-    nothing is no error here."""
+    """Silence libvirt's default printing of every error on stderr."""
 
 
 def main() -> None:

@@ -364,11 +364,11 @@ class _Counted:
         self.uploaded += n
         self._progress(self.uploaded, max(self._expected, self.uploaded))
 
-    def upload(self, image_id: str, data: Any, *args: Any,
+    def upload(self, image_id: str, data: Any, size: int, *args: Any,
                **kwargs: Any) -> dict:
         return self._images.upload(
-            image_id, streams.CountingReader(data, self._count), *args,
-            **kwargs)
+            image_id, streams.counting(data, size, self._count), size,
+            *args, **kwargs)
 
     def summary(self) -> str:
         seconds = max(time.monotonic() - self._started, 1e-3)

@@ -7,7 +7,10 @@ way.
 """
 
 import hashlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+# What an iteration over a body reads at once.
+CHUNK = 4 * 1024 * 1024
 
 
 class ChunkReader:
@@ -73,14 +76,17 @@ class HashingReader:
 
 
 class CountingReader:
-    """A file whose reads ``count`` their bytes; all else is the file's.
+    """An upload body whose reads ``count`` their bytes.
 
-    ``seek`` passes through when the file has it, so that a retried
-    upload can start again (and then counts again from its start).
+    It has the length it will give (requests sends a Content-Length from
+    it: without one it adds a chunked encoding, which Glance refuses beside
+    the Content-Length vmsnap sends).
     """
 
-    def __init__(self, f: Any, count: Callable[[int], None]) -> None:
+    def __init__(self, f: Any, size: int,
+                 count: Callable[[int], None]) -> None:
         self._f = f
+        self._size = size
         self._count = count
 
     def read(self, size: int = -1) -> bytes:
@@ -88,5 +94,29 @@ class CountingReader:
         self._count(len(data))
         return data
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            data = self.read(CHUNK)
+            if not data:
+                return
+            yield data
+
+
+class SeekableCountingReader(CountingReader):
+    """The same over a file: a retried upload starts it again."""
+
+    def seek(self, *args: Any) -> int:
+        return self._f.seek(*args)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+def counting(f: Any, size: int,
+             count: Callable[[int], None]) -> CountingReader:
+    """``f`` as an upload body that counts what is read of it."""
+    kind = SeekableCountingReader if hasattr(f, 'seek') else CountingReader
+    return kind(f, size, count)
