@@ -101,6 +101,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     LOG.info('vmsnap-compute serving the Compute API on http://%s:%d '
              '(driver %s, auth %s)', api.host, server.bind_addr[1],
              CONF.compute_driver, api.auth_strategy)
+    libvirt_conf = CONF.libvirt
+    LOG.info('Snapshots: libvirt %(uri)s, mode %(mode)s, backup API '
+             '%(backup)s, quiesce %(quiesce)s, disks %(disks)s, memory '
+             '%(memory)s, incremental %(incremental)s, format %(fmt)s%(c)s, '
+             'workspace %(dir)s; Glance %(glance)s (auth %(gauth)s, '
+             '%(retries)d retries); state in %(state)s',
+             {'uri': libvirt_conf.connection_uri,
+              'mode': libvirt_conf.snapshot_mode,
+              'backup': 'on' if libvirt_conf.use_backup_api else 'off',
+              'quiesce': libvirt_conf.quiesce,
+              'disks': libvirt_conf.snapshot_disks,
+              'memory': libvirt_conf.snapshot_memory,
+              'incremental': libvirt_conf.incremental,
+              'fmt': libvirt_conf.snapshot_image_format,
+              'c': ' compressed' if libvirt_conf.snapshot_compression
+              else '',
+              'dir': libvirt_conf.snapshots_directory,
+              'glance': CONF.glance.endpoint_override or 'from the catalog',
+              'gauth': CONF.glance.auth_type,
+              'retries': CONF.glance.num_retries,
+              'state': CONF.state_path})
     threading.Thread(target=_recover_periodically,
                      args=(driver, stop, CONF.recovery_interval),
                      name='recovery', daemon=True).start()
