@@ -27,7 +27,10 @@ def main() -> None:
         for dom in found:
             if dom.isActive():
                 dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            dom.undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA |
+                libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
             print('Demo guest %s removed' % args.name)
         shutil.rmtree(args.workdir, ignore_errors=True)
         return

@@ -98,6 +98,8 @@ class ImageService:
         except (glance_exc.HTTPNotFound, ks_exc.NotFound):
             raise exception.ImageNotFound(image_id=image_id)
         except (glance_exc.CommunicationError,
+                # What glanceclient makes of keystoneauth's timeouts.
+                glance_exc.InvalidEndpoint,
                 ks_exc.ConnectFailure,
                 ks_exc.EndpointNotFound,
                 ks_exc.MissingAuthPlugin,
@@ -149,7 +151,10 @@ class ImageService:
         A name must be one image's (hidden ones included).
         """
         if uuidutils.is_uuid_like(name_or_id):
-            return self.get(name_or_id)
+            try:
+                return self.get(name_or_id)
+            except exception.ImageNotFound:
+                pass
         found = {i['id']: i for hidden in ('false', 'true')
                  for i in self.list(name=name_or_id, os_hidden=hidden)}
         if not found:
@@ -182,7 +187,7 @@ class ImageService:
         except exception.ImageNotFound:
             LOG.info('Image %s is gone already', image_id)
             return
-        except exception.VmsnapException as e:
+        except Exception as e:  # an error path: log it, never hide another
             LOG.warning('Image %(id)s could not be deleted: %(error)s',
                         {'id': image_id, 'error': e})
         else:
@@ -239,14 +244,21 @@ class ImageService:
                 self._adapter.put(url, data=data, headers=headers)
             return
 
+        attempts = []
+
         def put() -> None:
-            status = self.get(image_id)['status']
-            if status != QUEUED:
-                raise exception.GlanceRefused(
-                    action='upload data to', image_id=image_id,
-                    reason='it is "%s", not queued, after a failed upload'
-                    % status)
-            data.seek(0)
+            if attempts:
+                with self._translated('read', image_id):
+                    image = dict(self._get_client().images.get(image_id))
+                if image['status'] == ACTIVE and image.get('size') == size:
+                    return
+                if image['status'] != QUEUED:
+                    raise exception.GlanceRefused(
+                        action='upload data to', image_id=image_id,
+                        reason='it is "%s", not queued, after a failed '
+                        'upload' % image['status'])
+                data.seek(0)
+            attempts.append(1)
             self._adapter.put(url, data=data, headers=headers)
         self._retried('upload data to', image_id, put)
 

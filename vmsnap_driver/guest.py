@@ -237,8 +237,11 @@ class Guest:
                 if node is not None:
                     facts[who] = node.get('uuid')
         pidfile = os.path.join(QEMU_RUN_DIR, '%s.pid' % root.findtext('name'))
-        if root.get('id') and os.path.exists(pidfile):
-            facts['launched'] = os.stat(pidfile).st_mtime
+        if root.get('id'):
+            try:
+                facts['launched'] = os.stat(pidfile).st_mtime
+            except OSError:
+                pass  # stopped meanwhile, or another libvirt layout
         return ServerFacts(**facts)
 
     def is_gone(self) -> bool:

@@ -11,6 +11,7 @@ import time
 
 from oslo_log import log as logging
 
+from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 
 LOG = logging.getLogger(__name__)
@@ -31,7 +32,12 @@ def power_off(guest: guest_mod.Guest, timeout: float) -> None:
             time.sleep(POLL_INTERVAL)
         LOG.info('Guest did not shut down within %s s: powered off',
                  timeout, instance_uuid=guest.uuid)
-    guest.destroy()
+    try:
+        guest.destroy()
+    except exception.HypervisorError:
+        if guest.state() != guest_mod.SHUTOFF:
+            raise
+        # It shut down on its own at that very moment.
 
 
 def power_on(guest: guest_mod.Guest) -> None:

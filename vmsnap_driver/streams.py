@@ -88,9 +88,11 @@ class CountingReader:
         self._f = f
         self._size = size
         self._count = count
+        self.counted = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._f.read(size)
+        self.counted += len(data)
         self._count(len(data))
         return data
 
@@ -109,7 +111,12 @@ class SeekableCountingReader(CountingReader):
     """The same over a file: a retried upload starts it again."""
 
     def seek(self, *args: Any) -> int:
-        return self._f.seek(*args)
+        """Back to the start: what was counted is uncounted."""
+        position = self._f.seek(*args)
+        if position == 0:
+            self._count(-self.counted)
+            self.counted = 0
+        return position
 
     def tell(self) -> int:
         return self._f.tell()

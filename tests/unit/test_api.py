@@ -312,3 +312,16 @@ def test_power_actions_run_in_the_background_from_the_right_status():
     guest.has_managed_save.return_value = False
     status, _h, _b = call(application, 'POST', path, {'os-start': None})
     assert status == 202
+
+
+def test_power_actions_nova_refuses_are_refused():
+    application, manager, guest = make_app()
+    path = '/v2.1/servers/%s/action' % UUID
+    guest.state.return_value = guest_mod.PAUSED
+    assert call(application, 'POST', path, {'os-stop': None})[0] == 409
+    guest.state.return_value = guest_mod.SUSPENDED   # suspended itself
+    assert call(application, 'POST', path, {'os-start': None})[0] == 409
+    guest.state.return_value = guest_mod.RUNNING
+    guest.is_persistent.return_value = False
+    assert call(application, 'POST', path, {'os-stop': None})[0] == 409
+    manager.power.assert_not_called()

@@ -1,5 +1,6 @@
 """Glance calls made again after a transient failure, and only safe ones."""
 
+import io
 from unittest import mock
 
 from glanceclient import exc as glance_exc
@@ -81,3 +82,15 @@ def test_an_image_is_found_by_id_or_by_its_one_name(images):
     service._client.images.list.side_effect = lambda filters: []
     with pytest.raises(exception.ImageNotFound):
         service.find('none')
+
+
+def test_a_file_upload_whose_answer_was_lost_is_not_sent_twice(images):
+    service, _sleep = images
+    service._adapter = mock.Mock()
+    service._adapter.get_endpoint.return_value = 'http://glance'
+    service._adapter.put.side_effect = glance_exc.CommunicationError('lost')
+    service._client.images.get.side_effect = [
+        {'id': 'i', 'status': 'active', 'size': 3},
+        {'id': 'i', 'status': 'active', 'size': 3}]
+    service.upload('i', io.BytesIO(b'abc'), 3, 'raw', {})
+    assert service._adapter.put.call_count == 1

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any, Optional, Tuple
 
+from oslo_log import log as logging
 import webob
 
 from vmsnap_driver.api import faults
@@ -39,13 +40,15 @@ REBUILD_STATUSES = ('ACTIVE', 'PAUSED', 'SHUTOFF')
 # The power actions: Nova's action name, rule, the statuses it may start
 # from, and the manager's name for it.
 POWER_ACTIONS = {
-    'os-stop': (policy.STOP, ('ACTIVE', 'PAUSED'), 'stop'),
+    'os-stop': (policy.STOP, ('ACTIVE', 'ERROR'), 'stop'),
     'os-start': (policy.START, ('SHUTOFF', 'SUSPENDED'), 'start'),
     'pause': (policy.PAUSE, ('ACTIVE',), 'pause'),
     'unpause': (policy.UNPAUSE, ('PAUSED',), 'unpause'),
 }
 REBUILD_HINT = (' vmsnap-compute rebuilds a server only onto one of its own '
                 'snapshots, which reverts it; it changes nothing else.')
+
+LOG = logging.getLogger(__name__)
 
 UUID_RE = re.compile(schemas.UUID_PATTERN)
 # Under state_path: when each domain without Nova's record was first seen.
@@ -115,8 +118,14 @@ class Servers:
             if uuid not in self._first_seen:
                 self._first_seen[uuid] = _timestamp(time.time())
                 if self._first_seen_path:
-                    journal.write_json(self._first_seen_path,
-                                       self._first_seen)
+                    try:
+                        journal.write_json(self._first_seen_path,
+                                           self._first_seen)
+                    except OSError as e:
+                        LOG.warning('Could not keep when server %(uuid)s '
+                                    'was first seen (%(error)s): its '
+                                    '"created" will change at the next '
+                                    'start', {'uuid': uuid, 'error': e})
             return self._first_seen[uuid]
 
     def _image(self, guest: guest_mod.Guest, facts: guest_mod.ServerFacts,
@@ -304,10 +313,17 @@ class Servers:
         schemas.validate(schemas.no_argument(name), body)
         _rule, allowed, action = POWER_ACTIONS[name]
         status = _status(guest)[0]
-        if status not in allowed:
+        # SUSPENDED is a managed save (start resumes it) or a guest that
+        # suspended itself (start cannot wake it).
+        if status not in allowed or (
+                action == 'start' and guest.state() != guest_mod.SHUTOFF):
             raise faults.Fault(409, "Cannot '%s' instance %s while it is in "
                                     'status %s' % (action, guest.uuid,
                                                    status))
+        if action == 'stop' and not guest.is_persistent():
+            raise faults.Fault(409, "Cannot 'stop' instance %s: its domain "
+                                    'is transient, and stopping it would '
+                                    'delete it' % guest.uuid)
         self._manager.power(context, instance, action, status)
         return webob.Response(status=202)
 
@@ -342,9 +358,10 @@ def _timestamp(epoch: float) -> str:
 def _read_json(path: Optional[str]) -> dict:
     try:
         with open(path) as f:
-            return json.load(f)
+            found = json.load(f)
     except (TypeError, OSError, ValueError):
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _json_body(req: webob.Request) -> dict:
