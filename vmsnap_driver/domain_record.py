@@ -14,6 +14,10 @@ import base64
 import hashlib
 import zlib
 from typing import Dict, Optional
+from xml.etree import ElementTree
+
+import defusedxml
+from defusedxml import ElementTree as defused_etree
 
 from oslo_log import log as logging
 
@@ -83,4 +87,12 @@ def read(image: dict) -> Optional[str]:
         raise corrupt('decompresses to more than %d bytes' % MAX_XML_BYTES)
     if hashlib.sha256(raw).hexdigest() != image.get(SHA256_PROPERTY):
         raise corrupt('does not match its sha256')
-    return raw.decode()
+    # The image's owner can rewrite every part and the sha256: what is
+    # read back is untrusted XML, proven plain before anyone parses it.
+    try:
+        xml = raw.decode()
+        defused_etree.fromstring(xml, forbid_dtd=True)
+    except (UnicodeDecodeError, ElementTree.ParseError,
+            defusedxml.DefusedXmlException) as e:
+        raise corrupt('is not plain XML: %s' % (str(e) or type(e).__name__))
+    return xml

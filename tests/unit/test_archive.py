@@ -36,9 +36,10 @@ XML = """<domain type='qemu'>
 
 
 def test_the_domain_xml_round_trips_through_properties():
-    props = domain_record.properties(XML * 20)
+    big = '<domains>%s</domains>' % (XML * 20)
+    props = domain_record.properties(big)
     assert all(len(v) <= 255 for v in props.values())
-    assert domain_record.read(dict(props, id='i')) == XML * 20
+    assert domain_record.read(dict(props, id='i')) == big
     assert domain_record.read({'id': 'i'}) is None
 
 
@@ -180,3 +181,9 @@ def test_a_chunk_reader_gives_whole_reads_across_chunks():
     assert reader.read(10) == b'ghij'
     assert reader.read(1) == b''
     assert sum(seen) == 10
+
+
+def test_a_domain_xml_rewritten_with_entities_is_refused():
+    xml = '<!DOCTYPE d [<!ENTITY a "b">]><domain>&a;</domain>'
+    with pytest.raises(exception.ImageCorrupt):
+        domain_record.read(dict(domain_record.properties(xml), id='i'))
