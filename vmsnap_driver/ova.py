@@ -46,7 +46,6 @@ QCOW2_FORMAT = 'http://www.gnome.org/~markmc/qcow-image-format.html'
 DOMAIN_XML = 'domain.xml'
 RECORD = 'vmsnap.json'
 MEMORY = 'memory.zst'
-RECORD_VERSION = 1
 # A member name: one plain file name, nothing a path could hide in.
 MEMBER_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$')
 # What the descriptor, the record, the domain XML and the manifest may
