@@ -9,6 +9,7 @@ can tell exactly what the guest had made durable before and after a snapshot.
 """
 
 import base64
+import functools
 import glob
 import json
 import lzma
@@ -206,7 +207,9 @@ def _unpack_kernel(bzimage: str, dest: str) -> None:
         f.write(decompressor.decompress(data[start:]))
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_version() -> str:
+    """Asked once per process: apt-cache takes ~2 s of CPU here."""
     out = _run('apt-cache', 'depends', 'linux-image-amd64')
     match = re.search(r'Depends: linux-image-(\S+)', out)
     return match.group(1)
