@@ -55,6 +55,7 @@ PARENT_PROPERTY = 'vmsnap_parent_image_id'
 DEPTH_PROPERTY = 'vmsnap_chain_depth'
 CHECKPOINT_PROPERTY = 'vmsnap_checkpoint'
 DELTA_PROPERTY = 'vmsnap_delta'
+FLATTENED_FROM_PROPERTY = 'vmsnap_flattened_from'
 CHAIN_PROPERTIES = (CHAIN_ID_PROPERTY, PARENT_PROPERTY, DEPTH_PROPERTY,
                     CHECKPOINT_PROPERTY, DELTA_PROPERTY)
 
@@ -509,7 +510,7 @@ def unchained_properties(image: dict) -> Dict[str, str]:
 def flat_properties(image: dict) -> Dict[str, str]:
     """A delta's properties, as those of a full snapshot of that point."""
     return dict(unchained_properties(image),
-                vmsnap_flattened_from=image['id'])
+                **{FLATTENED_FROM_PROPERTY: image['id']})
 
 
 def rebuild(images: Any, chain: List[dict], workdir: str,

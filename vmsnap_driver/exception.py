@@ -29,6 +29,11 @@ class InstanceNotFound(VmsnapException):
 
 
 class ImageNotFound(VmsnapException):
+    msg_fmt = ('Image %(image_id)s does not exist in Glance, or is not '
+               'visible to this user.')
+
+
+class SnapshotImageNotFound(ImageNotFound):
     msg_fmt = ('Image %(image_id)s does not exist in Glance. Create the '
                'image (status "queued") before asking for a snapshot.')
 

@@ -199,7 +199,10 @@ class ImageService:
 
     def check_queued(self, image_id: str) -> dict:
         """The image, if it can still receive data; fail early otherwise."""
-        image = self.get(image_id)
+        try:
+            image = self.get(image_id)
+        except exception.ImageNotFound:
+            raise exception.SnapshotImageNotFound(image_id=image_id)
         if image['status'] != QUEUED:
             raise exception.ImageNotQueued(image_id=image_id,
                                            status=image['status'])

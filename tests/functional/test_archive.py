@@ -40,24 +40,16 @@ def _vmsnap(svc, *args):
                           capture_output=True, text=True, timeout=600)
 
 
-def _wait_task_done(svc, uuid):
-    deadline = time.monotonic() + 60
-    while svc.request('GET', '/v2.1/servers/' + uuid)[2]['server'][
-            'OS-EXT-STS:task_state'] is not None:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-
-
 def _all_images(glance):
     return {i['id'] for i in glance.images.list(filters={'os_hidden': True})
             } | {i['id'] for i in glance.images.list()}
 
 
-def _printed(stdout):
-    """What ``vmsnap import`` printed: each image and the domain."""
-    return dict(line.split(None, 1) for line in stdout.splitlines()
-                if line.split(None, 1)[0] in ('vda', 'vdb', 'memory',
-                                              'domain'))
+def _imported(svc, *args):
+    """``vmsnap import -f json``: the run, and each row by its 'what'."""
+    done = _vmsnap(svc, 'import', *args, '-f', 'json')
+    rows = json.loads(done.stdout) if done.returncode == 0 else []
+    return done, {row['what']: row for row in rows}
 
 
 def _members(path, dest):
@@ -74,12 +66,9 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
     guest.start()
     xml = guest.inactive_xml()
     before = guest.last_counter()
-    image = json.loads(svc.openstack(
-        'server', 'image', 'create', guest.name, '--name', 'to-export',
-        '--property', 'vmsnap_memory=true', '--wait', '-f', 'json').stdout)
+    image = glance.images.get(svc.create_image(guest, 'to-export',
+                                               'vmsnap_memory=true'))
     after = guest.last_counter()
-    _wait_task_done(svc, guest.uuid)
-    image = glance.images.get(image['id'])
     vdb = glance.images.get(image['vmsnap_group_images'].split('=')[1])
     memory = glance.images.get(image['vmsnap_memory_image'])
     old = [image['id'], vdb['id'], memory['id']]
@@ -132,11 +121,10 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
         glance.images.delete(image_id)
 
     disk_dir = os.path.join(guest.workdir, 'imported')
-    done = _vmsnap(svc, 'import', archive, '--define', '--disk-dir',
-                   disk_dir, '--start')
+    done, printed = _imported(svc, archive, '--define', '--disk-dir',
+                              disk_dir, '--start')
     assert done.returncode == 0, done.stderr
-    printed = _printed(done.stdout)
-    assert 'resumed from its memory state' in printed['domain']
+    assert 'resumed from its memory state' in printed['domain']['detail']
     guest.dom = conn.lookupByUUIDString(guest.uuid)
     assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
     deadline = time.monotonic() + 30
@@ -155,7 +143,7 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
 
     # The images are back, linked to each other under their new ids, and
     # the snapshot is one the server can be rebuilt onto.
-    new = {key: glance.images.get(printed[key].strip())
+    new = {key: glance.images.get(printed[key]['id'])
            for key in ('vda', 'vdb', 'memory')}
     assert new['vda']['vmsnap_memory_image'] == new['memory']['id']
     assert new['memory']['vmsnap_memory_of'] == new['vda']['id']
@@ -165,8 +153,7 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
     assert {i['instance_uuid'] for i in new.values()} == {guest.uuid}
     code, _out = guest.run('echo again > %s && sync' % MARKER)
     assert code == 0
-    svc.openstack('server', 'rebuild', guest.name, '--image',
-                  new['vda']['id'], '--wait')
+    svc.rebuild(guest, new['vda']['id'])
     code, _out = guest.run('test -e %s' % MARKER)
     assert code == 1
     assert not os.listdir(os.path.join(svc.dir, 'operations'))
@@ -186,26 +173,22 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
         assert done.returncode == 1
         assert refusal in done.stderr
         assert not os.path.exists(copy_dir)
-    done = _vmsnap(svc, 'import', archive, '--define', '--disk-dir',
-                   copy_dir, '--name', name)
+    done, printed = _imported(svc, archive, '--define', '--disk-dir',
+                              copy_dir, '--name', name)
     assert done.returncode == 0, done.stderr
-    printed = _printed(done.stdout)
     copy = conn.lookupByName(name)
     try:
         assert copy.UUIDString() != guest.uuid
         assert copy.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
-        assert glance.images.get(printed['vda'].strip())[
+        assert glance.images.get(printed['vda']['id'])[
             'instance_uuid'] == copy.UUIDString()
     finally:
         copy.undefine()
         for key in ('vda', 'vdb', 'memory'):
-            glance.images.delete(printed[key].strip())
+            glance.images.delete(printed[key]['id'])
 
     # A snapshot without memory, imported with --start, boots.
-    disk_only = json.loads(svc.openstack(
-        'server', 'image', 'create', guest.name, '--name', 'disk-only',
-        '--wait', '-f', 'json').stdout)['id']
-    _wait_task_done(svc, guest.uuid)
+    disk_only = svc.create_image(guest, 'disk-only')
     archive = os.path.join(workroot, 'disk-only-%s.ova' % guest.uuid[:8])
     done = _vmsnap(svc, 'export', disk_only, '--output', archive)
     assert done.returncode == 0, done.stderr
@@ -213,20 +196,19 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
     # Its console log file is the original's: only one QEMU may hold it.
     guest.dom.destroy()
     name = guest.name + '-booted'
-    done = _vmsnap(svc, 'import', archive, '--define', '--disk-dir',
-                   os.path.join(guest.workdir, 'booted'), '--name', name,
-                   '--start')
+    done, printed = _imported(svc, archive, '--define', '--disk-dir',
+                              os.path.join(guest.workdir, 'booted'),
+                              '--name', name, '--start')
     assert done.returncode == 0, done.stderr
-    printed = _printed(done.stdout)
     booted = conn.lookupByName(name)
     try:
-        assert printed['domain'].endswith(': running')
+        assert printed['domain']['detail'].endswith(': running')
         assert booted.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     finally:
         booted.destroy()
         booted.undefine()
         for key in ('vda', 'vdb'):
-            glance.images.delete(printed[key].strip())
+            glance.images.delete(printed[key]['id'])
 
 
 # -- bad archives -----------------------------------------------------------
@@ -338,9 +320,9 @@ def test_bad_archives_are_refused_leaving_nothing(
         f.write(streamed.stdout)
     with tarfile.open(piped) as tar:
         assert tar.getnames() == names
-    done = _vmsnap(svc, 'import', piped)
+    done, printed = _imported(svc, piped)
     assert done.returncode == 0, done.stderr
-    imported = glance.images.get(_printed(done.stdout)['vda'].strip())
+    imported = glance.images.get(printed['vda']['id'])
     small_snapshot['made'].append(imported['id'])
     assert imported['vmsnap_imported_from'] == small_snapshot['id']
     assert domain_record.read(imported) == small_snapshot['xml']

@@ -6,6 +6,9 @@ Keystone (OS_AUTH_TYPE=none, endpoint overrides), as an operator would.
 """
 
 import json
+import os
+import subprocess
+import tempfile
 import time
 
 import libvirt
@@ -205,3 +208,38 @@ def test_the_clients_power_verbs_drive_the_guest(service, make_guest):
     assert refused.returncode != 0 and "Cannot 'stop'" in refused.stderr
     svc.openstack('server', 'start', guest.name)
     status_becomes('ACTIVE', libvirt.VIR_DOMAIN_RUNNING)
+
+
+def test_progress_rises_through_the_upload(service, make_guest, workroot,
+                                           glance):
+    """The server's ``progress`` counts bytes while a snapshot runs."""
+    workdir = tempfile.mkdtemp(dir=workroot, prefix='disk-')
+    os.chmod(workdir, 0o755)
+    path = os.path.join(workdir, 'disk.raw')
+    # Random data: nothing to skip, the upload takes seconds.
+    subprocess.run(['dd', 'if=/dev/urandom', 'of=' + path, 'bs=1M',
+                    'count=384', 'status=none'], check=True)
+    guest = make_guest(disk={'path': path, 'format': 'raw'})
+    guest.start()
+    svc = service()
+    status, _h, body = svc.request(
+        'POST', '/v2.1/servers/%s/action' % guest.uuid,
+        {'createImage': {'name': 'progress'}},
+        {'OpenStack-API-Version': 'compute 2.45'})
+    assert status == 202, body
+    seen = []
+    deadline = time.monotonic() + 120
+    while True:
+        server = svc.request('GET', '/v2.1/servers/' + guest.uuid)[2][
+            'server']
+        if server['OS-EXT-STS:task_state'] is None:
+            break
+        seen.append(server['progress'])
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.1)
+    assert glance.images.get(body['image_id'])['status'] == 'active'
+    glance.images.delete(body['image_id'])
+    assert seen == sorted(seen), seen
+    between = {value for value in seen if 25 < value < 99}
+    assert len(between) >= 3, seen
+    assert 'MiB/s' in svc.log_text()

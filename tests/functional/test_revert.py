@@ -37,13 +37,9 @@ def agent_guest(make_guest):
 
 
 def _snapshot(svc, guest, name, *properties):
-    args = ['server', 'image', 'create', guest.name, '--name', name,
-            '--wait', '-f', 'json']
-    for prop in properties:
-        args += ['--property', prop]
     before = guest.last_counter()
-    image = json.loads(svc.openstack(*args).stdout)
-    return image['id'], (before, guest.last_counter())
+    image_id = svc.create_image(guest, name, *properties)
+    return image_id, (before, guest.last_counter())
 
 
 def _write_marker(guest):
@@ -117,8 +113,7 @@ def test_rebuild_without_memory_boots_from_the_snapshot_disks(
     image_id, _window = _snapshot(svc, guest, 'disk-only')
     assert 'vmsnap_memory_image' not in glance.images.get(image_id)
     _write_marker(guest)
-    svc.openstack('server', 'rebuild', guest.name, '--image', image_id,
-                  '--wait')
+    svc.rebuild(guest, image_id)
     assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
     deadline = time.monotonic() + 120
     while guest.console_text().count('VMSNAP-READY') < 2:
@@ -147,10 +142,12 @@ def test_revert_of_a_shut_off_guest_puts_back_the_snapshot_bytes(
     guest.dom.destroy()
     result = subprocess.run(
         [os.path.join(BIN, 'vmsnap'), '--config-file', svc.config,
-         'revert', guest.name, image_id, '--no-progress'],
+         'revert', guest.name, image_id, '--no-progress', '-f', 'json'],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert 'reverted' in result.stdout
+    assert json.loads(result.stdout) == {
+        'server': guest.name, 'id': guest.uuid, 'image': image_id,
+        'state': 'shutoff', 'how': 'left off'}
     assert guest.state() == libvirt.VIR_DOMAIN_SHUTOFF
     actual = digest.of_file(guest.disk['path'], 'qcow2')
     assert actual == glance.images.get(image_id)['vmsnap_content_sha256']
@@ -218,8 +215,7 @@ def test_refused_and_failed_reverts_leave_the_guest_running(
 
     # Put right, the same rebuild goes through and clears the error.
     glance.images.update(image_id, vmsnap_content_sha256=digest_was)
-    svc.openstack('server', 'rebuild', guest.name, '--image', image_id,
-                  '--wait')
+    svc.rebuild(guest, image_id)
     assert _show(svc, guest)['status'] == 'ACTIVE'
     assert guest.run('test -e %s' % MARKER)[0] == 1
     for each in (foreign['id'], memory_id, image_id):

@@ -1,5 +1,6 @@
 """``vmsnap verify`` against real images in the real Glance."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +12,9 @@ GLANCE_STORE = os.environ.get('VMSNAP_GLANCE_DIR',
                               '/var/lib/vmsnap-glance') + '/images'
 
 
-def run_verify(conf_file, image_id):
+def run_verify(conf_file, image_id, *args):
     return subprocess.run([os.path.join(BIN, 'vmsnap'), '--config-file',
-                           conf_file, 'verify', image_id],
+                           conf_file, 'verify', image_id, *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -40,11 +41,12 @@ def test_verify_passes_then_catches_altered_bytes(
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
-    bad = run_verify(str(conf_file), image_id)
+    bad = run_verify(str(conf_file), image_id, '-f', 'json')
     assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert 'MISMATCH' in bad.stdout
-    assert 'FAIL  content sha256' in bad.stdout
-    assert 'stored image was altered' in bad.stdout
+    rows = {row['check']: row for row in json.loads(bad.stdout)}
+    assert rows['verdict']['detail'].endswith('MISMATCH')
+    assert rows['content sha256']['result'] == 'FAIL'
+    assert 'stored image was altered' in rows['content sha256']['detail']
 
 
 def test_verify_of_unknown_image_is_an_error(glance_url, tmp_path):
@@ -73,10 +75,11 @@ def test_verify_refuses_an_image_that_names_a_host_file(
         conf_file = tmp_path / 'vmsnap.conf'
         conf_file.write_text('[glance]\nauth_type = none\n'
                              'endpoint_override = %s\n' % glance_url)
-        result = run_verify(str(conf_file), image['id'])
+        result = run_verify(str(conf_file), image['id'], '-f', 'json')
         assert result.returncode == 1, result.stdout + result.stderr
-        assert 'FAIL  safety' in result.stdout
-        assert 'backing_file' in result.stdout
-        assert 'qemu-img check' not in result.stdout
+        rows = {row['check']: row for row in json.loads(result.stdout)}
+        assert rows['safety']['result'] == 'FAIL'
+        assert 'backing_file' in rows['safety']['detail']
+        assert 'qemu-img check' not in rows
     finally:
         glance.images.delete(image['id'])
