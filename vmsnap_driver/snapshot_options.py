@@ -20,9 +20,10 @@ snapshot_opts = [
                    ('auto', 'Live when libvirt and QEMU on this host can '
                             'copy this disk while the guest runs, else '
                             'cold. The choice and its reason are logged.'),
-                   ('live', 'Always copy the disk while the guest runs '
-                            '(block copy); fail when that is impossible, '
-                            'e.g. for a shut-off guest.'),
+                   ('live', 'Always capture the disks while the guest '
+                            'runs (libvirt\'s backup API where the host '
+                            'has it, else a block copy); fail when that is '
+                            'impossible, e.g. for a shut-off guest.'),
                    ('cold', 'Save the guest\'s memory (managedsave), '
                             'capture the disk, restore the guest. A '
                             'shut-off guest is captured without starting '
@@ -31,10 +32,14 @@ snapshot_opts = [
                help='How the guest\'s disk is captured.'),
     cfg.StrOpt('snapshots_directory',
                default='$state_path/snapshots',
-               help='Directory for temporary snapshot files. It must be on '
-                    'a filesystem with room for a full copy of the disk, '
-                    'and every directory on its path must be searchable '
-                    '(o+x) by the user QEMU runs as.'),
+               help='Directory for working files: a backup job\'s scratch '
+                    'file (the old blocks a guest overwrites while its '
+                    'snapshot streams into Glance), NBD sockets, memory '
+                    'states, and the full copies that a block copy, a '
+                    'compressed image, a revert or an export still needs. '
+                    'Its free space is checked before each snapshot; '
+                    'every directory on its path must be searchable (o+x) '
+                    'by the user QEMU runs as.'),
     cfg.StrOpt('snapshot_image_format',
                default='qcow2',
                choices=[
@@ -46,8 +51,10 @@ snapshot_opts = [
                help='Disk format of the image uploaded to Glance.'),
     cfg.BoolOpt('snapshot_compression',
                 default=False,
-                help='Compress qcow2 snapshot images (qemu-img convert -c). '
-                     'Smaller uploads, more CPU time. Ignored for raw.'),
+                help='Compress qcow2 snapshot images (qemu-img convert -c, '
+                     'into a full copy in snapshots_directory before the '
+                     'upload). Smaller uploads, more CPU time. Ignored for '
+                     'raw.'),
     cfg.StrOpt('snapshot_disks',
                default='root',
                choices=[
