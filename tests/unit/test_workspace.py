@@ -32,3 +32,21 @@ def test_not_enough_space_fails_before_creating_anything(tmp_path):
                 pass
     assert '100 MiB are free' in str(err.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_workspaces_side_by_side_count_each_others_room(tmp_path):
+    free = 1000 * workspace.MIB
+    each = 500 * workspace.MIB
+    with mock.patch('shutil.disk_usage', return_value=Usage(0, 0, free)):
+        with workspace.workspace(str(tmp_path), each):
+            with pytest.raises(exception.InsufficientSpace) as err:
+                with workspace.workspace(str(tmp_path), each):
+                    pass
+            assert '%d MiB are free' % (
+                (free - each - workspace.MARGIN) // workspace.MIB) in str(
+                    err.value)
+            with pytest.raises(exception.InsufficientSpace):
+                workspace.check_space(str(tmp_path), each)
+        # Released with the first one: the same request fits again.
+        with workspace.workspace(str(tmp_path), each):
+            pass
