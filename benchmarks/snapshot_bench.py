@@ -2,8 +2,8 @@
 """vmsnap against Nova's snapshot method, side by side, on this host.
 
 For each data size, a real TCG guest is booted on a disk holding that much
-random data, half in a qcow2 backing file and half in its overlay, attached
-as Nova attaches it: cache='none' where the directory takes O_DIRECT, else
+data, half in a qcow2 backing file and half in its overlay, attached as
+Nova attaches it: cache='none' where the directory takes O_DIRECT, else
 'writeback' (Nova's default since bug 1818847).  Each round then runs every
 method once, in rotating order, each in a child process of its own, into
 the same local Glance:
@@ -17,14 +17,23 @@ the same local Glance:
   nova-cold    managedsave, qemu-img convert (the same way), start, upload.
   vmsnap-*     vmsnap's driver, through its public API, in live, cold and
                auto mode.
+  *-compressed the same with compression: Nova's snapshot_compression =
+               True (qemu-img convert -c), vmsnap's [libvirt]
+               snapshot_compression = true.
+
+The data is random (--data random: nothing can be saved, the worst case)
+or real (--data real: a Debian root filesystem, this host's own /usr, the
+files hard-linked into a tree that mkfs.ext4 -d writes into the disk, with
+free space around them; what a guest's disk holds).
 
 Per method and size it reports the median and spread of: wall time until
 the image is active, time the guest was not running (libvirt's domain
 state, polled every 10 ms), bytes written to and read from the host's disk
 (the block device's counters, page cache dropped before and synced after
 each run; each run waits --settle seconds after the drop, so that none
-inherits another's freshly freed memory), bytes uploaded, and the peak RSS
-of the process doing the snapshot.  It also measures the floor: reading
+inherits another's freshly freed memory), bytes uploaded, the CPU seconds
+and the peak RSS of the process doing the snapshot (its qemu-img children
+included; not Glance's or QEMU's).  It also measures the floor: reading
 the allocated data once plus uploading an image of that size once.  Every
 image is compared with the guest's disk (qemu-img compare) before it
 counts.
@@ -38,6 +47,7 @@ import contextlib
 import json
 import mmap
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,6 +66,11 @@ GLANCE_STORE = os.environ.get('VMSNAP_GLANCE_DIR',
                               '/var/lib/vmsnap-glance') + '/images'
 METHODS = ['nova-live', 'vmsnap-live', 'nova-cold', 'vmsnap-cold',
            'vmsnap-auto']
+REAL_METHODS = ['nova-live', 'nova-live-compressed', 'vmsnap-live',
+                'vmsnap-live-compressed']
+COMPRESSED = '-compressed'
+# Where the real data set's files come from: a Debian system's own.
+REAL_SOURCE = '/usr'
 
 
 def parse_size(text: str) -> int:
@@ -109,6 +124,96 @@ def build_disk(workdir: str, data: int) -> dict:
     fill(disk, virtual // 2, data - half, backing=base)
     for path in patterns:
         os.unlink(path)
+    return {'path': disk, 'format': 'qcow2', 'backing': base,
+            'virtual': virtual}
+
+
+def _stage_files(tree: str, budget: int, source: str = REAL_SOURCE) -> int:
+    """Hard-link regular files from ``source`` into ``tree``, up to budget.
+
+    Links cost no copy, and the files stay the host's: mkfs.ext4 -d reads
+    them.  Returns the bytes staged.
+    """
+    staged = 0
+    for top, dirs, files in os.walk(source):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(top, name)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            size = os.path.getsize(path)
+            if staged + size > budget:
+                return staged
+            dest = os.path.join(tree, os.path.relpath(path, '/'))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            try:
+                os.link(path, dest)
+            except OSError:
+                shutil.copyfile(path, dest)
+            staged += size
+    return staged
+
+
+def _extents(raw: str) -> list:
+    """The (start, end) of each allocated region of a sparse file."""
+    extents = []
+    with open(raw, 'rb') as f:
+        fd, end, offset = f.fileno(), os.fstat(f.fileno()).st_size, 0
+        while offset < end:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:
+                break
+            offset = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, offset))
+    return extents
+
+
+def build_real_disk(workdir: str, data: int) -> dict:
+    """A Debian root filesystem, half in the backing file, half above it.
+
+    The first half of its allocated bytes go to the backing file, the rest
+    are written through the overlay, as a guest writes them.
+    """
+    virtual = (data * 3 // 2 + MIB - 1) // MIB * MIB
+    tree = os.path.join(workdir, 'tree')
+    staged = _stage_files(tree, data)
+    full = os.path.join(workdir, 'full.raw')
+    subprocess.run(['truncate', '-s', str(virtual), full], check=True)
+    subprocess.run(['mkfs.ext4', '-q', '-F', '-d', tree, full], check=True)
+    shutil.rmtree(tree)
+    extents = _extents(full)
+    half, seen, upper = sum(b - a for a, b in extents) // 2, 0, []
+    lower = os.path.join(workdir, 'lower.raw')
+    subprocess.run(['cp', '--sparse=always', full, lower], check=True)
+    for start, end in extents:
+        cut = max(start, min(end, start + half - seen))
+        seen += end - start
+        if cut < end:
+            upper.append((cut, end))
+            subprocess.run(['fallocate', '-p', '-o', str(cut), '-l',
+                            str(end - cut), lower], check=True)
+    base = os.path.join(workdir, 'base.qcow2')
+    disk = os.path.join(workdir, 'disk.qcow2')
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', lower,
+                    base], check=True)
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', base,
+                    '-F', 'qcow2', disk, str(virtual)], check=True)
+    piece = os.path.join(workdir, 'piece.bin')
+    with open(full, 'rb') as source:
+        for start, end in upper:
+            for offset in range(start, end, 64 * MIB):
+                size = min(64 * MIB, end - offset)
+                with open(piece, 'wb') as f:
+                    f.write(os.pread(source.fileno(), size, offset))
+                write = 'write -q -s %s %d %d' % (piece, offset, size)
+                subprocess.run(['qemu-io', '-f', 'qcow2', '-c', write, disk],
+                               check=True, capture_output=True)
+    for path in (full, lower, piece):
+        if os.path.exists(path):
+            os.unlink(path)
+    log('real data: %s of files from %s, %s in the backing file'
+        % (human(staged), REAL_SOURCE, human(half)))
     return {'path': disk, 'format': 'qcow2', 'backing': base,
             'virtual': virtual}
 
@@ -197,6 +302,12 @@ def timed_upload(glance: str, scratch: str, size: int) -> float:
         os.unlink(scratch)
 
 
+def _children_cpu() -> float:
+    """User and system seconds of every child reaped so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class DowntimeMonitor:
     """Sum of the time libvirt reports the domain as not running."""
 
@@ -256,8 +367,10 @@ def run_vmsnap(args: argparse.Namespace) -> None:
     conf = config.CONF
     conf([], project='vmsnap')
     conf.set_override('state_path', args.state)
-    conf.set_override('snapshot_mode', args.method.split('-', 1)[1],
+    conf.set_override('snapshot_mode', args.method.split('-')[1],
                       group='libvirt')
+    conf.set_override('snapshot_compression',
+                      args.method.endswith(COMPRESSED), group='libvirt')
     conf.set_override('auth_type', 'none', group='glance')
     conf.set_override('endpoint_override', args.glance, group='glance')
 
@@ -280,7 +393,9 @@ def run_nova(args: argparse.Namespace) -> None:
     # O_DIRECT works, so the flattened copy bypasses the page cache.
     convert = ['qemu-img', 'convert', '-t', nova_cache_mode(args.state),
                '-f', 'qcow2', '-O', 'qcow2']
-    if args.method == 'nova-live':
+    if args.method.endswith(COMPRESSED):
+        convert.append('-c')      # nova/virt/images.py, compress=True
+    if args.method.startswith('nova-live'):
         delta = os.path.join(args.state, 'delta.qcow2')
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE |
                           libvirt.VIR_DOMAIN_XML_SECURE)
@@ -350,7 +465,8 @@ class Bench:
         os.makedirs(workdir)
         os.chmod(workdir, 0o755)
         started = time.monotonic()
-        disk = build_disk(workdir, data)
+        disk = (build_real_disk if self.args.data == 'real'
+                else build_disk)(workdir, data)
         guest = testguest.TestGuest(self.conn, workdir, disk=disk,
                                     name='vmsnap-bench-%s' % uuidlib.uuid4(
                                     ).hex[:6],
@@ -377,12 +493,14 @@ class Bench:
                    '--disk', guest.disk['path'],
                    '--backing', guest.disk['backing'],
                    '--virtual', str(guest.disk['virtual'])]
+            cpu0 = _children_cpu()
             with DowntimeMonitor(guest.uuid) as monitor:
                 started = time.monotonic()
                 child = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True)
                 out, err = child.communicate()
                 wall = time.monotonic() - started
+            cpu = _children_cpu() - cpu0
             subprocess.run(['sync'], check=True)
             read1, write1 = disk_counters(self.device)
             if child.returncode:
@@ -398,16 +516,16 @@ class Bench:
             'wall_s': wall, 'downtime_s': monitor.down,
             'host_read_bytes': read1 - read0,
             'host_write_bytes': write1 - write0,
-            'uploaded_bytes': image['size'],
+            'uploaded_bytes': image['size'], 'cpu_s': cpu,
             'peak_rss_mib': json.loads(out.strip().splitlines()[-1])[
                 'peak_rss_kib'] / 1024.0,
             'capture_method': image.get('vmsnap_capture_method', method),
         }
-        log('%-12s %8s round %d: %6.1f s, down %6.3f s, wrote %s, read %s, '
-            'uploaded %s, rss %.0f MiB'
+        log('%-22s %8s round %d: %6.1f s, down %6.3f s, wrote %s, read %s, '
+            'uploaded %s, cpu %.1f s, rss %.0f MiB'
             % (method, human(data), rnd, wall, monitor.down,
                human(result['host_write_bytes']),
-               human(result['host_read_bytes']), human(image['size']),
+               human(result['host_read_bytes']), human(image['size']), cpu,
                result['peak_rss_mib']))
         return result
 
@@ -477,7 +595,7 @@ class Bench:
 
 def summarize(results: list, floors: list) -> dict:
     keys = ('wall_s', 'downtime_s', 'host_write_bytes', 'host_read_bytes',
-            'uploaded_bytes', 'peak_rss_mib')
+            'uploaded_bytes', 'cpu_s', 'peak_rss_mib')
     summary = {}
     for r in results:
         summary.setdefault((r['data_bytes'], r['method']), []).append(r)
@@ -499,6 +617,10 @@ def summarize(results: list, floors: list) -> dict:
             row['ratio_wall_vs_nova'] = row['wall_s'] / nova['wall_s']
             row['ratio_writes_vs_nova'] = (
                 row['host_write_bytes'] / max(nova['host_write_bytes'], 1))
+        compressed = by.get((row['data_bytes'], 'nova-live' + COMPRESSED))
+        if row['method'].startswith('vmsnap-') and compressed:
+            row['ratio_wall_vs_nova_compressed'] = (
+                row['wall_s'] / compressed['wall_s'])
         floor = [f for f in floors if f['data_bytes'] == row['data_bytes']]
         if floor:
             row['ratio_wall_vs_floor'] = row['wall_s'] / floor[0]['floor_s']
@@ -506,23 +628,26 @@ def summarize(results: list, floors: list) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    header = ('%-8s %-12s %-19s %9s %9s %10s %10s %10s %8s %7s %7s %7s'
+    header = ('%-8s %-22s %-19s %9s %9s %10s %10s %10s %6s %8s %7s %7s %7s '
+              '%7s'
               % ('data', 'method', 'capture', 'wall s', 'down s', 'written',
-                 'read', 'uploaded', 'rss MiB', 'x nova', 'w/nova',
-                 'x floor'))
+                 'read', 'uploaded', 'cpu s', 'rss MiB', 'x nova', 'w/nova',
+                 'x nova-c', 'x floor'))
     print(header)
     print('-' * len(header))
     for row in summary['rows']:
-        print('%-8s %-12s %-19s %5.1f±%-3.1f %9.3f %10s %10s %10s %8.0f '
-              '%7s %7s %7s'
+        print('%-8s %-22s %-19s %5.1f±%-3.1f %9.3f %10s %10s %10s %6.1f '
+              '%8.0f %7s %7s %7s %7s'
               % (human(row['data_bytes']), row['method'],
                  row['capture_method'], row['wall_s'],
                  row['wall_s_spread'], row['downtime_s'],
                  human(row['host_write_bytes']),
                  human(row['host_read_bytes']),
-                 human(row['uploaded_bytes']), row['peak_rss_mib'],
+                 human(row['uploaded_bytes']), row.get('cpu_s', 0),
+                 row['peak_rss_mib'],
                  _ratio(row, 'ratio_wall_vs_nova'),
                  _ratio(row, 'ratio_writes_vs_nova'),
+                 _ratio(row, 'ratio_wall_vs_nova_compressed'),
                  _ratio(row, 'ratio_wall_vs_floor')))
     for floor in summary['floors']:
         print('floor %s: read %.1f s + upload %.1f s = %.1f s'
@@ -574,7 +699,7 @@ def plot(summary: dict, path: str) -> None:
         ax.set_xscale('log', base=2)
         ax.set_xticks(sizes, [size_label(size) for size in sizes])
         ax.minorticks_off()
-        ax.set_xlabel('random data in the disk')
+        ax.set_xlabel('%s data in the disk' % summary.get('data', 'random'))
         ax.set_ylabel('seconds')
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
@@ -600,10 +725,18 @@ def main() -> None:
                         help='seconds to wait after dropping the page cache '
                              'before each measurement (default: '
                              '%(default)s)')
-    parser.add_argument('--methods', default=','.join(METHODS))
+    parser.add_argument('--data', choices=('random', 'real'),
+                        default='random',
+                        help='what the disk holds (default: %(default)s)')
+    parser.add_argument('--methods',
+                        help='comma separated (default: %s; with --data '
+                             'real: %s)' % (','.join(METHODS),
+                                            ','.join(REAL_METHODS)))
     parser.add_argument('--glance', default=GLANCE_URL)
-    parser.add_argument('--output', default='benchmarks/results.json')
-    parser.add_argument('--plot', default='benchmarks/results.png')
+    parser.add_argument('--output',
+                        help='default: benchmarks/results.json, or '
+                             'results-real.json with --data real')
+    parser.add_argument('--plot', help='default: the output\'s .png')
     # Internal: one snapshot in a child process.
     for name in ('--child', '--uuid', '--image', '--state', '--disk',
                  '--backing'):
@@ -615,13 +748,18 @@ def main() -> None:
         child_main(args)
         return
     args.sizes = [parse_size(s) for s in args.sizes.split(',')]
-    args.methods = args.methods.split(',')
+    args.methods = (args.methods.split(',') if args.methods else
+                    REAL_METHODS if args.data == 'real' else METHODS)
+    args.output = args.output or 'benchmarks/results%s.json' % (
+        '-real' if args.data == 'real' else '')
+    args.plot = args.plot or os.path.splitext(args.output)[0] + '.png'
     bench = Bench(args)
     try:
         bench.main()
     finally:
         bench.close()
     summary = summarize(bench.results, bench.floors)
+    summary['data'] = args.data
     summary['host'] = {'nproc': os.cpu_count(),
                        'date': time.strftime('%Y-%m-%dT%H:%M:%SZ',
                                              time.gmtime())}
