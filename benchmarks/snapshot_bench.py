@@ -19,7 +19,8 @@ the same local Glance:
                auto mode.
   *-compressed the same with compression: Nova's snapshot_compression =
                True (qemu-img convert -c), vmsnap's [libvirt]
-               snapshot_compression = true.
+               snapshot_compression = true (zlib).
+  vmsnap-*-zstd  vmsnap compressed with snapshot_compression_type = zstd.
 
 The data is random (--data random: nothing can be saved, the worst case)
 or real (--data real: a Debian root filesystem, this host's own /usr, the
@@ -67,8 +68,9 @@ GLANCE_STORE = os.environ.get('VMSNAP_GLANCE_DIR',
 METHODS = ['nova-live', 'vmsnap-live', 'nova-cold', 'vmsnap-cold',
            'vmsnap-auto']
 REAL_METHODS = ['nova-live', 'nova-live-compressed', 'vmsnap-live',
-                'vmsnap-live-compressed']
+                'vmsnap-live-compressed', 'vmsnap-live-zstd']
 COMPRESSED = '-compressed'
+ZSTD = '-zstd'
 # Where the real data set's files come from: a Debian system's own.
 REAL_SOURCE = '/usr'
 
@@ -370,7 +372,11 @@ def run_vmsnap(args: argparse.Namespace) -> None:
     conf.set_override('snapshot_mode', args.method.split('-')[1],
                       group='libvirt')
     conf.set_override('snapshot_compression',
-                      args.method.endswith(COMPRESSED), group='libvirt')
+                      args.method.endswith((COMPRESSED, ZSTD)),
+                      group='libvirt')
+    conf.set_override('snapshot_compression_type',
+                      'zstd' if args.method.endswith(ZSTD) else 'zlib',
+                      group='libvirt')
     conf.set_override('auth_type', 'none', group='glance')
     conf.set_override('endpoint_override', args.glance, group='glance')
 

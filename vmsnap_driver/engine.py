@@ -144,8 +144,10 @@ class SnapshotEngine:
         strategy = capture.get(
             decision.mode, libvirt_conf, caps,
             memory_bytes=guest.hardware()[1] * MIB if memory else 0)
-        compress = (libvirt_conf.snapshot_compression
-                    and libvirt_conf.snapshot_image_format == 'qcow2')
+        compress = (libvirt_conf.snapshot_compression_type
+                    if libvirt_conf.snapshot_compression
+                    and libvirt_conf.snapshot_image_format == 'qcow2'
+                    else '')
         # -U: a running QEMU holds the disks open.
         chains = [qemu_img.info(d.path, d.format, force_share=True)
                   for d in disks]
@@ -311,7 +313,8 @@ class _Plan:
     # Where the snapshot goes in the server's chain of snapshots.
     link: snapshot_chains.Link
     image_format: str
-    compress: bool
+    # The qcow2 compression type, '' for none.
+    compress: str
     streamed: bool
     state: str
     memory: bool
@@ -454,7 +457,7 @@ class _ImageGroup:
 
 
 def _flatten(view: capture_base.DiskView, dest: str, image_format: str,
-             compress: bool) -> None:
+             compress: str) -> None:
     if view.path:
         qemu_img.convert(view.path, view.format, dest, image_format,
                          compress=compress)

@@ -27,6 +27,8 @@ UNTRUSTED_LIMITS = processutils.ProcessLimits(
     address_space=2 * 1024 * 1024 * 1024)
 
 FORMATS = ('qcow2', 'raw')
+# qemu-img convert's requests in flight (-m, at most 16) when it compresses.
+COMPRESS_REQUESTS = '8'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +104,14 @@ def create_overlay(path: str, virtual_size: int,
 
 
 def convert(source: str, source_format: str, dest: str, dest_format: str,
-            compress: bool = False, untrusted: bool = False) -> None:
+            compress: str = '', untrusted: bool = False) -> None:
     """Copy an image and its whole backing chain into one flat file.
 
     Glance refuses a qcow2 that still names a backing file, so the result
     never has one.
 
+    :param compress: a qcow2 compression type (zlib, zstd), or '' for
+        none.
     :param untrusted: the source came from Glance (inspected by
         image_safety first): run under UNTRUSTED_LIMITS.
     """
@@ -152,7 +156,7 @@ def commit(path: str) -> None:
 
 
 def convert_nbd(socket_path: str, export: str, dest: str, dest_format: str,
-                compress: bool = False) -> None:
+                compress: str = '') -> None:
     """Copy an NBD export (raw disk content) into a flat image file.
 
     The source is named with ``--image-opts``: the NBD driver is explicit,
@@ -164,11 +168,15 @@ def convert_nbd(socket_path: str, export: str, dest: str, dest_format: str,
 
 
 def _convert(source_args: List[str], dest: str, dest_format: str,
-             compress: bool, prlimit=None) -> None:
+             compress: str, prlimit=None) -> None:
     _check_format(dest_format)
     cmd = ['qemu-img', 'convert'] + source_args[:-1] + ['-O', dest_format]
     if compress and dest_format == 'qcow2':
-        cmd.append('-c')
+        # Several requests in flight (-m) let QEMU compress clusters on
+        # its thread pool, one per core; compressed clusters are appended
+        # wherever they land, so they may be written out of order (-W).
+        cmd += ['-c', '-o', 'compression_type=' + compress,
+                '-m', COMPRESS_REQUESTS, '-W']
     cmd += [source_args[-1], dest]
     LOG.debug('Flattening %(src)s into %(dest)s',
               {'src': source_args[-1], 'dest': dest})

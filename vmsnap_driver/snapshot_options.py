@@ -55,6 +55,17 @@ snapshot_opts = [
                      'into a full copy in snapshots_directory before the '
                      'upload). Smaller uploads, more CPU time. Ignored for '
                      'raw.'),
+    cfg.StrOpt('snapshot_compression_type',
+               default='zlib',
+               choices=[
+                   ('zlib', 'What every qcow2 reader understands, and what '
+                            'Nova writes.'),
+                   ('zstd', 'About four times faster here for a slightly '
+                            'smaller image; readable by QEMU 5.1 and later '
+                            '(qcow2 compression_type, which Glance\'s '
+                            'format inspector accepts).'),
+               ],
+               help='How snapshot_compression compresses the clusters.'),
     cfg.StrOpt('snapshot_disks',
                default='root',
                choices=[

@@ -8,6 +8,9 @@ clean once its journal is replayed (as after a power cut, since a live copy
 of a mounted filesystem is crash-consistent).
 """
 
+import json
+import os
+import subprocess
 import threading
 import time
 
@@ -72,12 +75,18 @@ def test_live_snapshot_of_paused_guest_stays_paused(
     guest.wait_counter_above(counter + 1)
 
 
+@pytest.mark.parametrize('compression', ['zlib', 'zstd'])
 def test_live_snapshot_of_raw_disk_compressed(conf, load_driver, make_guest,
                                               queued_image, glance,
-                                              workroot):
-    """A disk without a backing file is copied whole, then compressed."""
+                                              workroot, compression):
+    """A disk without a backing file is copied whole, then compressed.
+
+    Glance's format inspector takes either compression type.
+    """
     conf.set_override('snapshot_mode', 'live', group='libvirt')
     conf.set_override('snapshot_compression', True, group='libvirt')
+    conf.set_override('snapshot_compression_type', compression,
+                      group='libvirt')
     guest = make_guest(disk_format='raw')
     guest.start()
     xml = guest.inactive_xml()
@@ -88,6 +97,12 @@ def test_live_snapshot_of_raw_disk_compressed(conf, load_driver, make_guest,
     image, _counter = checks.assert_image_holds(
         glance, image_id, guest, workroot, window)
     assert image['vmsnap_source_format'] == 'raw'
+    stored = checks.download(glance, image_id,
+                             os.path.join(workroot, image_id + '.qcow2'))
+    info = json.loads(subprocess.run(
+        ['qemu-img', 'info', '--output=json', '-f', 'qcow2', stored],
+        check=True, capture_output=True, text=True).stdout)
+    assert info['format-specific']['data']['compression-type'] == compression
     checks.assert_guest_untouched(guest, xml, libvirt.VIR_DOMAIN_RUNNING)
     checks.assert_no_leftovers(conf)
 

@@ -28,14 +28,16 @@ def test_info_passes_format_and_limits(execute):
 
 @mock.patch.object(processutils, 'execute', return_value=('', ''))
 def test_convert_flattens_with_explicit_formats(execute):
-    qemu_img.convert('/src', 'raw', '/dst', 'qcow2', compress=True)
+    qemu_img.convert('/src', 'raw', '/dst', 'qcow2', compress='zstd')
     assert execute.call_args[0] == ('qemu-img', 'convert', '-f', 'raw',
-                                    '-O', 'qcow2', '-c', '/src', '/dst')
+                                    '-O', 'qcow2', '-c', '-o',
+                                    'compression_type=zstd', '-m', '8', '-W',
+                                    '/src', '/dst')
 
 
 @mock.patch.object(processutils, 'execute', return_value=('', ''))
 def test_compression_is_only_for_qcow2(execute):
-    qemu_img.convert('/src', 'qcow2', '/dst', 'raw', compress=True)
+    qemu_img.convert('/src', 'qcow2', '/dst', 'raw', compress='zlib')
     assert '-c' not in execute.call_args[0]
 
 

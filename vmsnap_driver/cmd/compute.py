@@ -115,8 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               'memory': libvirt_conf.snapshot_memory,
               'incremental': libvirt_conf.incremental,
               'fmt': libvirt_conf.snapshot_image_format,
-              'c': ' compressed' if libvirt_conf.snapshot_compression
-              else '',
+              'c': ' compressed (%s)' % libvirt_conf.snapshot_compression_type
+              if libvirt_conf.snapshot_compression else '',
               'dir': libvirt_conf.snapshots_directory,
               'glance': CONF.glance.endpoint_override or 'from the catalog',
               'gauth': CONF.glance.auth_type,
