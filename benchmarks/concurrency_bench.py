@@ -89,7 +89,6 @@ def run(root: str, glance: str, guests: list, settle: float) -> dict:
     svc = service_mod.Service(root, glance,
                               DEFAULT={'max_concurrent_snapshots': count},
                               libvirt={'snapshot_mode': 'live'})
-    svc.glance_url = glance
     svc.start()
     try:
         pids = _glance_pids()

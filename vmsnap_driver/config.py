@@ -153,11 +153,21 @@ lockutils.set_defaults(lock_path='$state_path/lock')
 
 
 def parse_args(argv: Optional[Sequence[str]],
-               default_config_files: Optional[Sequence[str]] = None) -> None:
-    """Parse the command line and config files, then set up logging."""
+               default_config_files: Optional[Sequence[str]] = None,
+               stdout_is_output: bool = False) -> None:
+    """Parse the command line and config files, then set up logging.
+
+    :param stdout_is_output: standard output carries the command's results
+        (records, an archive): oslo.log, which logs there when told to log
+        nowhere else, logs to standard error instead.
+    """
     CONF(list(argv or []), project='vmsnap',
          version=vmsnap_driver.__version__,
          default_config_files=default_config_files)
+    if stdout_is_output and not (CONF.log_file or CONF.use_journal
+                                 or CONF.log_config_append
+                                 or CONF.use_stderr):
+        CONF.set_override('use_stderr', True)
     log.setup(CONF, 'vmsnap')
 
 

@@ -117,7 +117,6 @@ def service(workroot, glance_url):
 
     def start(wait=True, **sections):
         svc = service_mod.Service(workroot, glance_url, **sections)
-        svc.glance_url = glance_url
         started.append(svc)
         return svc.start(wait=wait)
     yield start

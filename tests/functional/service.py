@@ -26,6 +26,7 @@ class Service:
     """A running vmsnap-compute process with its own config file."""
 
     def __init__(self, workroot, glance_url, **sections):
+        self.glance_url = glance_url
         self.dir = tempfile.mkdtemp(dir=workroot, prefix='compute-')
         os.chmod(self.dir, 0o755)
         self.port = _free_port()

@@ -199,12 +199,16 @@ def _unpack_kernel(bzimage: str, dest: str) -> None:
     with open(bzimage, 'rb') as f:
         data = f.read()
     start = data.find(XZ_MAGIC)
-    if start < 0:
-        shutil.copy(bzimage, dest)    # not XZ: boot the bzImage, slower
-        return
     decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        elf = decompressor.decompress(data[start:]) if start >= 0 else b''
+    except lzma.LZMAError:
+        elf = b''
+    if not (decompressor.eof and elf.startswith(b'\x7fELF')):
+        shutil.copy(bzimage, dest)    # not what we know: boot it, slower
+        return
     with open(dest, 'wb') as f:
-        f.write(decompressor.decompress(data[start:]))
+        f.write(elf)
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,6 +7,7 @@ one; a name must be one image's.
 import argparse
 import os
 import shutil
+import stat
 import sys
 
 from cliff import command
@@ -16,6 +17,7 @@ from cliff import show
 from vmsnap_driver import archive
 from vmsnap_driver import chains
 from vmsnap_driver.cmd import common
+from vmsnap_driver import exception
 from vmsnap_driver import verify
 
 CONF = common.CONF
@@ -118,8 +120,12 @@ class Export(command.Command):
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         output = parsed_args.output
+        if output == '-' and self.app.stdout.isatty():
+            raise exception.ExportRefused(
+                image_id=parsed_args.image,
+                reason='standard output is a terminal: redirect it, or '
+                       'give --output FILE')
         workdir = common.workdir()
-        partial = None
         try:
             images = common.images()
             export = archive.plan_export(
@@ -127,27 +133,49 @@ class Export(command.Command):
             bar = common.progress_bar(parsed_args, export.size(),
                                       'exporting')
             if output == '-':
-                export.write(sys.stdout.buffer, bar.update)
-                sys.stdout.buffer.flush()
-            else:
-                # Written aside, then renamed: no half-written archive
-                # under the name asked for.
-                partial = '%s.partial-%d' % (output, os.getpid())
-                with open(partial, 'xb') as out:
+                export.write(self.app.stdout.buffer, bar.update)
+                self.app.stdout.buffer.flush()
+            elif _is_stream(output):
+                with open(output, 'wb') as out:
                     export.write(out, bar.update)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(partial, output)
-                partial = None
+            else:
+                _write_aside(os.path.realpath(output),
+                             lambda out: export.write(out, bar.update))
             bar.finish()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-            if partial and os.path.exists(partial):
-                os.unlink(partial)
-        if output != '-':
+        if output != '-' and not _is_stream(output):
             print('%s: %d bytes' % (output, os.path.getsize(output)),
-                  file=sys.stderr)
+                  file=self.app.stderr)
         return 0
+
+
+def _is_stream(path: str) -> bool:
+    """A device or a pipe (/dev/stdout, a FIFO): written as it is."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _write_aside(path: str, write) -> None:
+    """Write a file under a temporary name, then rename it into place.
+
+    No half-written archive ever has the name asked for; it holds guest
+    disks and memory, so it is created 0600 whoever runs the command.
+    """
+    partial = '%s.partial-%d' % (path, os.getpid())
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, 'wb') as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
 
 
 class Import(lister.Lister):

@@ -75,6 +75,8 @@ class VmsnapApp(app.App):
 
     def initialize_app(self, argv: List[str]) -> None:
         options = self.options
+        if options.deferred_help or argv[:1] in (['help'], ['complete']):
+            return      # help needs no configuration, nor the right to read it
         args = []
         for path in options.config_file or []:
             args += ['--config-file', path]
@@ -84,10 +86,10 @@ class VmsnapApp(app.App):
             args += ['--log-file', options.log_file]
         if options.debug:
             args.append('--debug')
-        # Standard output carries results (records, ids, an archive):
-        # logs go to standard error unless the configuration says where.
-        CONF.set_default('use_stderr', True)
-        config.parse_args(args)
+        # Logs go to standard error unless a file is named; never to
+        # standard output, which carries the results.
+        CONF.set_default('use_stderr', not options.log_file)
+        config.parse_args(args, stdout_is_output=True)
 
     def interact(self) -> None:
         """No interactive shell: a bare ``vmsnap`` lists the commands."""
