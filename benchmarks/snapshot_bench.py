@@ -127,7 +127,7 @@ def build_disk(workdir: str, data: int) -> dict:
     for path in patterns:
         os.unlink(path)
     return {'path': disk, 'format': 'qcow2', 'backing': base,
-            'virtual': virtual}
+            'virtual': virtual, 'data_bytes': data}
 
 
 def _stage_files(tree: str, budget: int, source: str = REAL_SOURCE) -> int:
@@ -145,7 +145,7 @@ def _stage_files(tree: str, budget: int, source: str = REAL_SOURCE) -> int:
                 continue
             size = os.path.getsize(path)
             if staged + size > budget:
-                return staged
+                continue
             dest = os.path.join(tree, os.path.relpath(path, '/'))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             try:
@@ -217,7 +217,7 @@ def build_real_disk(workdir: str, data: int) -> dict:
     log('real data: %s of files from %s, %s in the backing file'
         % (human(staged), REAL_SOURCE, human(half)))
     return {'path': disk, 'format': 'qcow2', 'backing': base,
-            'virtual': virtual}
+            'virtual': virtual, 'data_bytes': half * 2}
 
 
 # -- measurements ----------------------------------------------------------
@@ -574,7 +574,7 @@ class Bench:
         upload_s = timed_upload(self.args.glance,
                                 os.path.join(self.root, 'upload.bin'),
                                 image_size)
-        assert read >= data, (read, data)
+        assert read >= guest.disk['data_bytes'], (read, guest.disk)
         floor = {'data_bytes': data, 'read_s': read_s,
                  'upload_s': upload_s, 'floor_s': read_s + upload_s}
         log('floor %8s: read %.1f s + upload %.1f s = %.1f s'
@@ -764,6 +764,12 @@ def main() -> None:
         bench.main()
     finally:
         bench.close()
+        # A failure late in a long run keeps what was measured before it.
+        if bench.results:
+            report(bench, args)
+
+
+def report(bench: Bench, args: argparse.Namespace) -> None:
     summary = summarize(bench.results, bench.floors)
     summary['data'] = args.data
     summary['host'] = {'nproc': os.cpu_count(),

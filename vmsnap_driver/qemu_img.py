@@ -7,8 +7,10 @@ it parses untrusted image headers (the same limits Nova uses).
 """
 
 import dataclasses
+import functools
 import json
-from typing import List, Optional
+import re
+from typing import List, Optional, Tuple
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -27,8 +29,13 @@ UNTRUSTED_LIMITS = processutils.ProcessLimits(
     address_space=2 * 1024 * 1024 * 1024)
 
 FORMATS = ('qcow2', 'raw')
-# qemu-img convert's requests in flight (-m, at most 16) when it compresses.
-COMPRESS_REQUESTS = '8'
+# When it compresses, qemu-img convert keeps this many requests in flight
+# (-m), each compressed on QEMU's thread pool: more would take more of the
+# host's cores from its guests.
+COMPRESS_REQUESTS = '4'
+# The first qemu-img that writes compressed clusters out of order (-W);
+# before it, compressed writes go in order, on one core.
+MIN_OUT_OF_ORDER_COMPRESS = (5, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,14 @@ def _execute(*cmd: str, prlimit=None) -> str:
             command=' '.join(cmd), exit_code='-',
             stderr='%s (is qemu-utils installed?)' % e)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def version() -> Tuple[int, ...]:
+    """qemu-img's version, asked once."""
+    match = re.search(r'version (\d+)\.(\d+)',
+                      _execute('qemu-img', '--version'))
+    return tuple(int(n) for n in match.groups()) if match else (0, 0)
 
 
 def _check_format(fmt: str) -> None:
@@ -172,11 +187,14 @@ def _convert(source_args: List[str], dest: str, dest_format: str,
     _check_format(dest_format)
     cmd = ['qemu-img', 'convert'] + source_args[:-1] + ['-O', dest_format]
     if compress and dest_format == 'qcow2':
-        # Several requests in flight (-m) let QEMU compress clusters on
-        # its thread pool, one per core; compressed clusters are appended
-        # wherever they land, so they may be written out of order (-W).
-        cmd += ['-c', '-o', 'compression_type=' + compress,
-                '-m', COMPRESS_REQUESTS, '-W']
+        cmd.append('-c')
+        if compress != 'zlib':
+            # zlib is the only type before QEMU 5.1: name no other there.
+            cmd += ['-o', 'compression_type=' + compress]
+        if version() >= MIN_OUT_OF_ORDER_COMPRESS:
+            # Compressed clusters are appended wherever they land: with
+            # several requests in flight they are compressed side by side.
+            cmd += ['-m', COMPRESS_REQUESTS, '-W']
     cmd += [source_args[-1], dest]
     LOG.debug('Flattening %(src)s into %(dest)s',
               {'src': source_args[-1], 'dest': dest})

@@ -4,19 +4,19 @@ Checking free space before writing turns a disk-full failure halfway
 through a long copy, which could also starve the guests sharing that
 filesystem, into an immediate, explicit error.  Snapshots running side by
 side (vmsnap-compute runs several) would each see the same free space and
-together need more: a workspace reserves its room until it is removed, and
-every check counts what the others reserved on that filesystem.  The
+together need more: a workspace holds its room until it is removed, and
+every check counts what the others hold on that filesystem and have not
+written yet.  The
 reservations are this process's: another process (the ``vmsnap`` command)
 is not counted.
 """
 
-import collections
 import contextlib
 import os
 import shutil
 import tempfile
 import threading
-from typing import Iterator
+from typing import Dict, Iterator, Tuple
 
 from oslo_log import log as logging
 
@@ -29,38 +29,44 @@ MIB = 1024 * 1024
 MARGIN = 64 * MIB
 
 
-# Bytes reserved by the workspaces alive in this process, by filesystem.
-_reserved = collections.Counter()
-_reserved_lock = threading.Lock()
+# The workspaces alive in this process: path -> (filesystem, bytes held).
+_reservations: Dict[str, Tuple[int, int]] = {}
+_reservations_lock = threading.Lock()
 
 
 def check_space(directory: str, needed_bytes: int) -> None:
     """Fail now, not halfway through a long copy, when room is short."""
-    with _reserved_lock:
-        _check(directory, needed_bytes + MARGIN)
+    with _reservations_lock:
+        _check(directory, os.stat(directory).st_dev, needed_bytes + MARGIN)
 
 
-def _check(directory: str, needed: int) -> None:
-    free = shutil.disk_usage(directory).free - _reserved[
-        os.stat(directory).st_dev]
+def _check(directory: str, device: int, needed: int) -> None:
+    free = shutil.disk_usage(directory).free - _outstanding(device)
     if free < needed:
         raise exception.InsufficientSpace(directory=directory,
                                           needed_mib=needed // MIB,
                                           free_mib=max(free, 0) // MIB)
 
 
-@contextlib.contextmanager
-def _reservation(directory: str, needed_bytes: int) -> Iterator[None]:
-    """Room checked and held for the block's duration."""
-    device, needed = os.stat(directory).st_dev, needed_bytes + MARGIN
-    with _reserved_lock:
-        _check(directory, needed)
-        _reserved[device] += needed
-    try:
-        yield
-    finally:
-        with _reserved_lock:
-            _reserved[device] -= needed
+def _outstanding(device: int) -> int:
+    """What the workspaces on ``device`` hold and have not written yet.
+
+    What they have written is already gone from the free space.
+    """
+    return sum(max(0, held - _allocated(path))
+               for path, (dev, held) in _reservations.items()
+               if dev == device)
+
+
+def _allocated(path: str) -> int:
+    total = 0
+    for top, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
 
 
 @contextlib.contextmanager
@@ -68,14 +74,20 @@ def workspace(directory: str, needed_bytes: int) -> Iterator[str]:
     """Yield a new directory under ``directory``; remove it on exit.
 
     The directory is 0711: QEMU, running as another user, must reach a
-    block copy's destination inside it, but may not list it.
+    block copy's destination inside it, but may not list it.  Its room is
+    held for the other workspaces' checks until it is removed.
     """
     os.makedirs(directory, mode=0o711, exist_ok=True)
-    with _reservation(directory, needed_bytes):
+    device, needed = os.stat(directory).st_dev, needed_bytes + MARGIN
+    with _reservations_lock:
+        _check(directory, device, needed)
         path = tempfile.mkdtemp(prefix='vmsnap-', dir=directory)
-        try:
-            os.chmod(path, 0o711)
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-            LOG.debug('Removed snapshot workspace %s', path)
+        _reservations[path] = (device, needed)
+    try:
+        os.chmod(path, 0o711)
+        yield path
+    finally:
+        with _reservations_lock:
+            del _reservations[path]
+        shutil.rmtree(path, ignore_errors=True)
+        LOG.debug('Removed snapshot workspace %s', path)

@@ -26,13 +26,22 @@ def test_info_passes_format_and_limits(execute):
     assert chain[1].backing_file is None
 
 
+@mock.patch.object(qemu_img, 'version', return_value=(7, 2))
 @mock.patch.object(processutils, 'execute', return_value=('', ''))
-def test_convert_flattens_with_explicit_formats(execute):
+def test_convert_flattens_with_explicit_formats(execute, _version):
     qemu_img.convert('/src', 'raw', '/dst', 'qcow2', compress='zstd')
     assert execute.call_args[0] == ('qemu-img', 'convert', '-f', 'raw',
                                     '-O', 'qcow2', '-c', '-o',
-                                    'compression_type=zstd', '-m', '8', '-W',
+                                    'compression_type=zstd', '-m', '4', '-W',
                                     '/src', '/dst')
+
+
+@mock.patch.object(qemu_img, 'version', return_value=(4, 2))
+@mock.patch.object(processutils, 'execute', return_value=('', ''))
+def test_an_older_qemu_img_compresses_zlib_in_order(execute, _version):
+    qemu_img.convert('/src', 'raw', '/dst', 'qcow2', compress='zlib')
+    assert execute.call_args[0] == ('qemu-img', 'convert', '-f', 'raw',
+                                    '-O', 'qcow2', '-c', '/src', '/dst')
 
 
 @mock.patch.object(processutils, 'execute', return_value=('', ''))

@@ -50,3 +50,16 @@ def test_workspaces_side_by_side_count_each_others_room(tmp_path):
         # Released with the first one: the same request fits again.
         with workspace.workspace(str(tmp_path), each):
             pass
+
+
+def test_what_a_workspace_wrote_is_not_counted_twice(tmp_path):
+    free = 1000 * workspace.MIB
+    each = 500 * workspace.MIB
+    with mock.patch('shutil.disk_usage', return_value=Usage(0, 0, free)):
+        with workspace.workspace(str(tmp_path), each) as first:
+            with open(os.path.join(first, 'copy'), 'wb') as f:
+                os.posix_fallocate(f.fileno(), 0, each + workspace.MARGIN)
+            # Its copy is written: it holds nothing more than the disk
+            # usage already shows, so a second one fits.
+            with workspace.workspace(str(tmp_path), each):
+                pass
