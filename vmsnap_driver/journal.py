@@ -15,7 +15,7 @@ old record or the new one, never half of one.
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, List, Optional
 import uuid as uuidlib
 
 from oslo_log import log as logging
@@ -46,11 +46,20 @@ def write_json(path: str, data: Any) -> None:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Replace ``path`` with ``data``, durably and atomically."""
-    directory = os.path.dirname(path)
+    write_file(path, lambda f: f.write(data))
+
+
+def write_file(path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Replace ``path`` with what ``write`` writes, durably, atomically.
+
+    The file is whole under its name or not there at all, and is created
+    0600 (mkstemp): records and archives are no one else's to read.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
     try:
         with os.fdopen(fd, 'wb') as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -18,6 +18,7 @@ from vmsnap_driver import archive
 from vmsnap_driver import chains
 from vmsnap_driver.cmd import common
 from vmsnap_driver import exception
+from vmsnap_driver import journal
 from vmsnap_driver import verify
 
 CONF = common.CONF
@@ -139,8 +140,10 @@ class Export(command.Command):
                 with open(output, 'wb') as out:
                     export.write(out, bar.update)
             else:
-                _write_aside(os.path.realpath(output),
-                             lambda out: export.write(out, bar.update))
+                # Whole under its name or not there: it holds guest disks
+                # and memory, so it is created 0600 whoever runs this.
+                journal.write_file(os.path.realpath(output),
+                                   lambda out: export.write(out, bar.update))
             bar.finish()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -156,26 +159,6 @@ def _is_stream(path: str) -> bool:
         return not stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:
         return False
-
-
-def _write_aside(path: str, write) -> None:
-    """Write a file under a temporary name, then rename it into place.
-
-    No half-written archive ever has the name asked for; it holds guest
-    disks and memory, so it is created 0600 whoever runs the command.
-    """
-    partial = '%s.partial-%d' % (path, os.getpid())
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, 'wb') as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        raise
 
 
 class Import(lister.Lister):
