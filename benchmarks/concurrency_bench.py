@@ -37,6 +37,8 @@ from tests.functional import testguest  # noqa: E402
 GLANCE_PIDFILE = os.environ.get('VMSNAP_GLANCE_DIR',
                                 '/var/lib/vmsnap-glance') + '/gunicorn.pid'
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+# The longest the benchmark waits for all the snapshots of one count.
+DEADLINE_S = 1800
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -90,12 +92,12 @@ def run(root: str, glance: str, guests: list, settle: float) -> dict:
                               DEFAULT={'max_concurrent_snapshots': count},
                               libvirt={'snapshot_mode': 'live'})
     svc.start()
+    images = {}
     try:
         pids = _glance_pids()
         cpu0 = _cpu_seconds(svc.proc.pid)
         glance0 = sum(_cpu_seconds(pid) for pid in pids)
         started = time.monotonic()
-        images = {}
         for guest in guests:
             status, _h, body = svc.request(
                 'POST', '/v2.1/servers/%s/action' % guest.uuid,
@@ -105,6 +107,8 @@ def run(root: str, glance: str, guests: list, settle: float) -> dict:
             images[guest.uuid] = body['image_id']
         ended = {}
         while len(ended) < count:
+            assert time.monotonic() - started < DEADLINE_S, (
+                'snapshots still running', svc.log_text()[-2000:])
             for guest in guests:
                 if guest.uuid not in ended and svc.request(
                         'GET', '/v2.1/servers/' + guest.uuid)[2]['server'][
@@ -122,8 +126,9 @@ def run(root: str, glance: str, guests: list, settle: float) -> dict:
             assert image['status'] == 'active', (image,
                                                  svc.log_text()[-2000:])
             uploaded += image['size']
-            requests.delete('%s/v2/images/%s' % (glance, image_id))
     finally:
+        for image_id in images.values():
+            requests.delete('%s/v2/images/%s' % (glance, image_id))
         svc.stop()
         shutil.rmtree(svc.dir, ignore_errors=True)
     result = {'guests': count, 'total_s': total,

@@ -18,6 +18,7 @@ def conf_file(tmp_path):
     path.write_text('[libvirt]\nsnapshots_directory = %s\n' % tmp_path)
     yield str(path)
     config.CONF.clear()
+    config.CONF.set_default('use_stderr', False)     # oslo.log's own
 
 
 @pytest.fixture
