@@ -129,6 +129,21 @@ def inherited(instance: Any) -> Dict[str, str]:
     return properties
 
 
+def requested(instance: Any, metadata: Dict[str, str]) -> Dict[str, str]:
+    """A new snapshot image's properties, as Nova's API creates it.
+
+    The instance's inherited ones, the request's, then what makes it a
+    snapshot of that instance (which a request cannot override).
+    """
+    properties = inherited(instance)
+    properties.update(metadata)
+    properties.update({'image_type': 'snapshot',
+                       'instance_uuid': instance.uuid})
+    if getattr(instance, 'image_ref', None):
+        properties['base_image_ref'] = instance.image_ref
+    return properties
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptureRecord:
     """How one snapshot was taken, as the image will tell it."""

@@ -25,11 +25,15 @@ def images() -> glance.ImageService:
     return glance.ImageService(CONF)
 
 
-def workdir() -> str:
-    """Scratch space for whole images, where snapshots go (sized for it)."""
+def snapshots_directory() -> str:
+    """Where whole images go: the operator sized it for snapshots."""
     os.makedirs(CONF.libvirt.snapshots_directory, mode=0o711, exist_ok=True)
-    return tempfile.mkdtemp(prefix='vmsnap-cli-',
-                            dir=CONF.libvirt.snapshots_directory)
+    return CONF.libvirt.snapshots_directory
+
+
+def workdir() -> str:
+    """A scratch directory of this command's for whole images."""
+    return tempfile.mkdtemp(prefix='vmsnap-cli-', dir=snapshots_directory())
 
 
 def add_progress_option(parser: argparse.ArgumentParser) -> None:

@@ -21,8 +21,6 @@ from vmsnap_driver import exception
 from vmsnap_driver import journal
 from vmsnap_driver import verify
 
-CONF = common.CONF
-
 # ``vmsnap verify``'s exit codes: an image that fails a check, and a
 # verification that could not be carried out (no such image, no Glance).
 MISMATCH = 1
@@ -46,13 +44,9 @@ class Verify(lister.Lister):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple:
         images = common.images()
-        # The download is a full image: put it where snapshots go, which
-        # the operator sized for that.
-        os.makedirs(CONF.libvirt.snapshots_directory, mode=0o711,
-                    exist_ok=True)
         self.verdict = verify.verify(
             images, images.find(parsed_args.image)['id'],
-            workdir=CONF.libvirt.snapshots_directory,
+            workdir=common.snapshots_directory(),
             show_progress=not parsed_args.no_progress)
         rows = [('ok' if check.ok else 'FAIL', check.name, check.detail)
                 for check in self.verdict.checks]
@@ -121,6 +115,7 @@ class Export(command.Command):
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         output = parsed_args.output
+        stream = output != '-' and _is_stream(output)
         if output == '-' and self.app.stdout.isatty():
             raise exception.ExportRefused(
                 image_id=parsed_args.image,
@@ -136,7 +131,7 @@ class Export(command.Command):
             if output == '-':
                 export.write(self.app.stdout.buffer, bar.update)
                 self.app.stdout.buffer.flush()
-            elif _is_stream(output):
+            elif stream:
                 with open(output, 'wb') as out:
                     export.write(out, bar.update)
             else:
@@ -147,7 +142,7 @@ class Export(command.Command):
             bar.finish()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        if output != '-' and not _is_stream(output):
+        if output != '-' and not stream:
             print('%s: %d bytes' % (output, os.path.getsize(output)),
                   file=self.app.stderr)
         return 0

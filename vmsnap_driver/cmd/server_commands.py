@@ -14,6 +14,7 @@ from vmsnap_driver import chains
 from vmsnap_driver.cmd import common
 from vmsnap_driver.compute import manager
 from vmsnap_driver import engine
+from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import image_properties
 
@@ -74,24 +75,22 @@ class Snapshot(show.ShowOne):
         driver = common.load_driver()
         images = common.images()
         guest = _guest(parsed_args.server)
-        properties = dict(parsed_args.property)
+        instance = manager.Instance(uuid=guest.uuid, name=guest.name)
+        metadata = dict(parsed_args.property)
         if parsed_args.memory:
-            properties[engine.MEMORY_REQUEST_PROPERTY] = parsed_args.memory
+            metadata[engine.MEMORY_REQUEST_PROPERTY] = parsed_args.memory
         if parsed_args.incremental:
-            properties[chains.REQUEST_PROPERTY] = 'true'
-        properties.update({'image_type': 'snapshot',
-                           'instance_uuid': guest.uuid})
+            metadata[chains.REQUEST_PROPERTY] = 'true'
         image = images.create(
-            parsed_args.image_name or '%s snapshot' % guest.name, properties)
+            parsed_args.image_name or '%s snapshot' % guest.name,
+            image_properties.requested(instance, metadata))
         bar = common.progress_bar(parsed_args, 0, 'uploading')
 
         def uploaded(done: int, expected: int) -> None:
             bar.total = max(expected, 1)
             bar.update(done - bar.done)
         try:
-            driver.snapshot(None,
-                            manager.Instance(uuid=guest.uuid, name=guest.name),
-                            image['id'], progress=uploaded)
+            driver.snapshot(None, instance, image['id'], progress=uploaded)
         except BaseException:
             # As Nova's compute manager does: no queued or half-written
             # image outlives a failed snapshot.
@@ -130,7 +129,7 @@ class Revert(show.ShowOne):
         bar.finish()
         state = guest.state()
         how = ('resumed from its memory state' if plan.memory
-               else 'booted' if state != 'shutoff' else 'left off')
+               else 'booted' if state != guest_mod.SHUTOFF else 'left off')
         return (('server', 'id', 'image', 'state', 'how'),
                 (guest.name, guest.uuid, image_id, state, how))
 

@@ -145,13 +145,8 @@ class ComputeManager:
         self._claim(instance.uuid, Task(IMAGE_SNAPSHOT_PENDING, status,
                                         images=images))
         try:
-            properties = image_properties.inherited(instance)
-            properties.update(metadata)
-            properties.update({'image_type': 'snapshot',
-                               'instance_uuid': instance.uuid})
-            if instance.image_ref:
-                properties['base_image_ref'] = instance.image_ref
-            image_id = images.create(name, properties)['id']
+            image_id = images.create(name, image_properties.requested(
+                instance, metadata))['id']
         except Exception:
             self._release(instance.uuid)
             raise
