@@ -99,12 +99,8 @@ def run(root: str, glance: str, guests: list, settle: float) -> dict:
         glance0 = sum(_cpu_seconds(pid) for pid in pids)
         started = time.monotonic()
         for guest in guests:
-            status, _h, body = svc.request(
-                'POST', '/v2.1/servers/%s/action' % guest.uuid,
-                {'createImage': {'name': 'concurrency %d' % count}},
-                {'OpenStack-API-Version': 'compute 2.45'})
-            assert status == 202, body
-            images[guest.uuid] = body['image_id']
+            images[guest.uuid] = svc.start_snapshot(
+                guest, 'concurrency %d' % count)
         ended = {}
         while len(ended) < count:
             assert time.monotonic() - started < DEADLINE_S, (

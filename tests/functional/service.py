@@ -115,6 +115,16 @@ class Service:
             assert time.monotonic() < deadline, server
             time.sleep(0.2)
 
+    def start_snapshot(self, guest, name, *properties):
+        """createImage as the client sends it; the new image's id."""
+        status, _h, body = self.request(
+            'POST', '/v2.1/servers/%s/action' % guest.uuid,
+            {'createImage': {'name': name, 'metadata': dict(
+                prop.split('=', 1) for prop in properties)}},
+            {'OpenStack-API-Version': 'compute 2.45'})
+        assert status == 202, body
+        return body['image_id']
+
     def create_image(self, guest, name, *properties):
         """A snapshot through the API as the client asks for one; its id.
 
@@ -123,18 +133,13 @@ class Service:
         where the client polls every 5 s.  Tests of the client itself use
         the client.
         """
-        status, _h, body = self.request(
-            'POST', '/v2.1/servers/%s/action' % guest.uuid,
-            {'createImage': {'name': name, 'metadata': dict(
-                prop.split('=', 1) for prop in properties)}},
-            {'OpenStack-API-Version': 'compute 2.45'})
-        assert status == 202, body
+        image_id = self.start_snapshot(guest, name, *properties)
         self.wait_task_done(guest.uuid)
         with urllib.request.urlopen('%s/v2/images/%s' % (
-                self.glance_url, body['image_id']), timeout=30) as resp:
+                self.glance_url, image_id), timeout=30) as resp:
             image = json.loads(resp.read())
         assert image['status'] == 'active', (image, self.log_text()[-3000:])
-        return body['image_id']
+        return image_id
 
     def rebuild(self, guest, image_id):
         """``openstack server rebuild --wait``, polling every 0.2 s."""

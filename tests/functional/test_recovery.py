@@ -71,22 +71,13 @@ def _assert_recovered(svc, guest, glance, xml, image_id, boots=1):
     assert 'recovering' in svc.log_text()
 
 
-def _start_snapshot(svc, guest):
-    status, _h, body = svc.request(
-        'POST', '/v2.1/servers/%s/action' % guest.uuid,
-        {'createImage': {'name': 'killed'}},
-        {'OpenStack-API-Version': 'compute 2.45'})
-    assert status == 202, body
-    return body['image_id']
-
-
 def test_kill_during_cold_snapshot_restores_the_saved_guest(
         service, big_guest, glance):
     guest = big_guest
     svc = service(libvirt={'snapshot_mode': 'cold',
                            'use_backup_api': 'false'})
     xml = guest.inactive_xml()
-    image_id = _start_snapshot(svc, guest)
+    image_id = svc.start_snapshot(guest, 'killed')
     _wait(lambda: guest.dom.hasManagedSaveImage(0)
           and guest.state() == libvirt.VIR_DOMAIN_SHUTOFF,
           'the guest managed-saved')
@@ -103,7 +94,7 @@ def test_kill_during_live_upload_ends_the_backup_job(
     guest = big_guest
     svc = service(libvirt={'snapshot_mode': 'live'})
     xml = guest.inactive_xml()
-    image_id = _start_snapshot(svc, guest)
+    image_id = svc.start_snapshot(guest, 'killed')
     _wait(lambda: _backup_running(guest), 'the backup job')
     svc.kill()
     assert _backup_running(guest)
@@ -136,7 +127,7 @@ def test_libvirtd_restart_mid_snapshot_leaves_nothing(
     svc = service(DEFAULT={'recovery_interval': '2'},
                   libvirt={'snapshot_mode': 'live'})
     xml = guest.inactive_xml()
-    image_id = _start_snapshot(svc, guest)
+    image_id = svc.start_snapshot(guest, 'killed')
     _wait(lambda: _backup_running(guest), 'the backup job')
     _restart_libvirtd()
     guest.dom = conn.lookupByUUIDString(guest.uuid)
@@ -166,13 +157,7 @@ def test_kill_during_revert_swap_finishes_or_undoes_it(
     guest.start()
     svc = service()
     xml = guest.inactive_xml()
-    status, _h, body = svc.request(
-        'POST', '/v2.1/servers/%s/action' % guest.uuid,
-        {'createImage': {'name': 'revert-me',
-                         'metadata': {'vmsnap_memory': 'true'}}},
-        {'OpenStack-API-Version': 'compute 2.45'})
-    assert status == 202, body
-    image_id = body['image_id']
+    image_id = svc.start_snapshot(guest, 'revert-me', 'vmsnap_memory=true')
     _wait(lambda: glance.images.get(image_id).get(
         'vmsnap_memory_sha256'), 'the snapshot done', interval=0.5)
     assert guest.run('echo kept > /mnt/kept && sync')[0] == 0
@@ -321,7 +306,7 @@ def test_sigterm_past_the_grace_period_leaves_it_to_the_next_start(
                   libvirt={'snapshot_mode': 'live', 'use_backup_api': 'false',
                            'block_copy_bandwidth': 1})
     xml = guest.inactive_xml()
-    image_id = _start_snapshot(svc, guest)
+    image_id = svc.start_snapshot(guest, 'killed')
     _wait(lambda: guest.dom.blockJobInfo('vda', 0) != {}, 'the block copy')
     started = time.monotonic()
     assert svc.stop() == 1
