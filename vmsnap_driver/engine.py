@@ -174,7 +174,7 @@ class SnapshotEngine:
             compress=compress, state=state, memory=memory,
             machine=guest.machine() if memory else {},
             domain_xml=guest.inactive_xml(),
-            streamed=strategy.exports_nbd(state) and not compress)
+            streamed=strategy.exports_nbd(state))
 
     def _capture_and_upload(self, instance: Any, plan: '_Plan',
                             group: '_ImageGroup', workdir: str,
@@ -207,7 +207,8 @@ class SnapshotEngine:
                         domain_record.properties(plan.domain_xml))
                 if plan.streamed:
                     found[disk.target] = _upload_export(
-                        images, group.image_id(disk), view, fmt, properties,
+                        images, group.image_id(disk), view, fmt,
+                        plan.compress, properties,
                         plan.link if disk is plan.disks[0] else None)
                 else:
                     flat = os.path.join(workdir, '%s.%s' % (disk.target,
@@ -255,9 +256,12 @@ class SnapshotEngine:
 
 
 def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
-                   image_format: str, properties: dict,
+                   image_format: str, compress: str, properties: dict,
                    link: Optional[snapshot_chains.Link]) -> digest.Digests:
     """Encode the export front to back, straight into Glance.
+
+    Compressed, the export is read twice: once to size every compressed
+    cluster (the digests are computed on that pass), once to send.
 
     The content digests are computed as the data streams, so they are
     known only once the upload is done: they are added to the image then.
@@ -268,13 +272,14 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
     :param link: the snapshot's place in a chain, for the boot disk.
     """
     chained = link is not None and link.checkpoint is not None
+    codec = image_stream.codec(compress)
     with nbd.Client(view.nbd_socket, view.nbd_export,
                     dirty_bitmap=view.dirty_bitmap) as client:
         extents = client.extents()
         if view.dirty_bitmap:
             changed = client.dirty()
             encoded = image_stream.qcow2_delta(client.size, extents, changed,
-                                               client.read)
+                                               client.read, codec)
             digests = functools.partial(
                 digest.of_delta, client.read, client.size, extents, changed,
                 link.parent_blocks)
@@ -282,7 +287,7 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
             content = digest.ContentDigest(client.read, client.size, extents,
                                            tree=chained)
             encoded = image_stream.ENCODERS[image_format](
-                client.size, extents, content.read)
+                client.size, extents, content.read, codec, client.read)
             digests = content.result
         body = image_stream.Prefetcher(encoded.chunks, encoded.size)
         try:

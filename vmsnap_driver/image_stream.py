@@ -7,8 +7,16 @@ layout is too: header, L1 table, refcounts and L2 tables first, then the
 data clusters in guest order.  So the image can be produced front to back,
 straight into Glance, reading each allocated byte once and writing none.
 
-The qcow2 produced is version 3, 64 KiB clusters, 16-bit refcounts, no
-backing file and no compression: what ``qemu-img convert -O qcow2`` makes.
+The qcow2 produced is version 3, 64 KiB clusters, 16-bit refcounts and no
+backing file: what ``qemu-img convert -O qcow2`` makes.  Compressed (given a
+:class:`~vmsnap_driver.cluster_codec.Codec`), it is what ``qemu-img convert
+-c -O qcow2`` makes, laid out so that it can still be sent front to back:
+the clusters kept as they are first, then every compressed cluster packed
+byte after byte.  That needs each cluster's compressed size before the
+header is sent, so the data is compressed twice (see
+:mod:`vmsnap_driver.cluster_codec`); the encoder falls back to an
+uncompressed image, before a byte is sent, when a sample shows that
+compressing does not pay.
 
 A *delta* (:func:`qcow2_delta`) is the same file holding only the clusters
 that changed since a checkpoint: a changed cluster that now reads as zeros
@@ -17,14 +25,21 @@ unallocated.  It names no backing file (Glance refuses one); put on its
 parent as backing, it reads as the disk did at its checkpoint.
 """
 
+import array
 import dataclasses
 import queue
 import struct
 import threading
-from typing import Callable, Iterator, List, Tuple
+import time
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
+from oslo_log import log as logging
+
+from vmsnap_driver import cluster_codec
 from vmsnap_driver import exception
 from vmsnap_driver import nbd
+
+LOG = logging.getLogger(__name__)
 
 CLUSTER_BITS = 16
 CLUSTER = 1 << CLUSTER_BITS
@@ -33,8 +48,16 @@ REFCOUNT_ORDER = 4                     # 16-bit refcounts
 REFCOUNTS_PER_BLOCK = CLUSTER * 8 >> REFCOUNT_ORDER
 QCOW2_MAGIC = 0x514649FB
 COPIED = 1 << 63                       # refcount is exactly one
+COMPRESSED = 1 << 62                   # QCOW_OFLAG_COMPRESSED
+# A compressed cluster's entry: its byte offset below this bit, the number
+# of 512-byte sectors it spans, less one, from it up.
+SECTORS_SHIFT = 62 - (CLUSTER_BITS - 8)
 ZERO_CLUSTER = 1                       # QCOW_OFLAG_ZERO: reads as zeros
 HEADER = struct.Struct('>IIQIIQIIQQIIQQQQII')
+# Version 3's header with its compression_type byte, padded to 8 bytes;
+# a type other than zlib sets this incompatible feature bit.
+HEADER_WITH_TYPE = struct.Struct(HEADER.format + 'B7x')
+INCOMPAT_COMPRESSION = 1 << 3
 
 # Data is read and handed to the upload in pieces of this size.
 PIECE = 4 * 1024 * 1024
@@ -90,9 +113,15 @@ def _check_sectors(virtual_size: int, extents: List[nbd.Extent]) -> None:
             raise ValueError('extent %s is not sector-aligned' % (extent,))
 
 
-def raw(virtual_size: int, extents: List[nbd.Extent],
-        read: Reader) -> Encoded:
-    """Every byte of the disk; zero runs are produced without reading."""
+def raw(virtual_size: int, extents: List[nbd.Extent], read: Reader,
+        codec: Optional[cluster_codec.Codec] = None,
+        reread: Optional[Reader] = None) -> Encoded:
+    """Every byte of the disk; zero runs are produced without reading.
+
+    :param codec: must be None: a raw image has nothing to compress into.
+    """
+    if codec is not None:
+        raise ValueError('a raw image cannot be compressed')
     _check_sectors(virtual_size, extents)
 
     def chunks() -> Iterator[bytes]:
@@ -159,10 +188,8 @@ class Qcow2Layout:
     l2_indexes: List[int]
     refcount_blocks: int
     refcount_table_clusters: int
-
-    @property
-    def data_clusters(self) -> int:
-        return sum(count for _first, count in self.runs)
+    # Host clusters after the metadata: the data, stored or packed.
+    data_clusters: int
 
     @property
     def l1_at(self) -> int:
@@ -189,8 +216,14 @@ class Qcow2Layout:
         return self.data_at + self.data_clusters
 
 
-def qcow2_layout(virtual_size: int, runs: Runs,
-                 zero_runs: Runs = ()) -> Qcow2Layout:
+def qcow2_layout(virtual_size: int, runs: Runs, zero_runs: Runs = (),
+                 data_clusters: Optional[int] = None) -> Qcow2Layout:
+    """The layout of ``runs``, by default each data cluster stored whole.
+
+    :param data_clusters: the host clusters the data takes, when packed.
+    """
+    if data_clusters is None:
+        data_clusters = sum(count for _first, count in runs)
     guest_clusters = _ceil_div(virtual_size, CLUSTER)
     l1_size = _ceil_div(guest_clusters, L2_ENTRIES)
     l2_indexes = sorted({index for first, count in list(runs) + list(
@@ -199,8 +232,7 @@ def qcow2_layout(virtual_size: int, runs: Runs,
     l1_clusters = _ceil_div(l1_size * 8, CLUSTER)
     # Refcount blocks count every cluster, themselves included: grow them
     # until they cover the file they are part of.
-    fixed = (1 + l1_clusters + len(l2_indexes)
-             + sum(count for _first, count in runs))
+    fixed = 1 + l1_clusters + len(l2_indexes) + data_clusters
     blocks = table = 0
     while True:
         new_blocks = _ceil_div(fixed + blocks + table, REFCOUNTS_PER_BLOCK)
@@ -209,42 +241,240 @@ def qcow2_layout(virtual_size: int, runs: Runs,
             break
         blocks, table = new_blocks, new_table
     return Qcow2Layout(virtual_size, runs, list(zero_runs), l1_size,
-                       l1_clusters, l2_indexes, blocks, table)
+                       l1_clusters, l2_indexes, blocks, table, data_clusters)
 
 
-def qcow2(virtual_size: int, extents: List[nbd.Extent],
-          read: Reader) -> Encoded:
-    """A flat qcow2 holding the disk's data clusters, laid out in order."""
+def _pieces(runs: Runs, virtual_size: int) -> Iterator[Tuple[int, int]]:
+    """(offset, length) of the data in ``runs``, PIECE at most each."""
+    for first, count in runs:
+        offset = first * CLUSTER
+        end = min((first + count) * CLUSTER, virtual_size)
+        while offset < end:
+            n = min(end - offset, PIECE)
+            yield offset, n
+            offset += n
+
+
+class _Stored:
+    """Each data cluster as it is, one host cluster each, in guest order."""
+
+    def __init__(self, runs: Runs, virtual_size: int, read: Reader) -> None:
+        self._runs = runs
+        self._virtual_size = virtual_size
+        self._read = read
+        self.clusters = sum(count for _first, count in runs)
+        self.compression_type = 0
+
+    def entries(self, data_at: int) -> Iterator[int]:
+        for n in range(self.clusters):
+            yield ((data_at + n) * CLUSTER) | COPIED
+
+    def refcounts(self) -> bytes:
+        return struct.pack('>H', 1) * self.clusters
+
+    def chunks(self) -> Iterator[bytes]:
+        for offset, length in _pieces(self._runs, self._virtual_size):
+            data = self._read(offset, length)
+            yield data
+            if length % CLUSTER:
+                yield bytes(CLUSTER - length % CLUSTER)
+
+
+class _Packed:
+    """Clusters kept whole first, then the compressed ones, byte by byte.
+
+    Built from the first pass's codes (one per data cluster, guest order);
+    the chunks are the second pass, which compresses again and must find
+    the same sizes.
+    """
+
+    def __init__(self, runs: Runs, virtual_size: int, read: Reader,
+                 codec: cluster_codec.Codec, codes: array.array) -> None:
+        self._runs = runs
+        self._virtual_size = virtual_size
+        self._read = read
+        self._codec = codec
+        self._codes = codes
+        self.compression_type = codec.type_code
+        self.stored = codes.count(cluster_codec.STORED)
+        self.packed_bytes = sum(code for code in codes if code not in (
+            cluster_codec.STORED, cluster_codec.ZERO))
+        self.clusters = self.stored + _ceil_div(self.packed_bytes, CLUSTER)
+
+    def entries(self, data_at: int) -> Iterator[int]:
+        stored = 0
+        position = (data_at + self.stored) * CLUSTER
+        for code in self._codes:
+            if code == cluster_codec.ZERO:
+                yield ZERO_CLUSTER
+            elif code == cluster_codec.STORED:
+                yield ((data_at + stored) * CLUSTER) | COPIED
+                stored += 1
+            else:
+                sectors = ((position + code - 1) // SECTOR
+                           - position // SECTOR)
+                yield COMPRESSED | (sectors << SECTORS_SHIFT) | position
+                position += code
+
+    def refcounts(self) -> bytes:
+        """One for a stored cluster; a packed cluster's, one per user.
+
+        A compressed cluster uses every host cluster from its first byte to
+        the end of its last sector (what ``qemu-img check`` counts).
+        """
+        counts = array.array('H', bytes(2 * (self.clusters - self.stored)))
+        position = 0
+        for code in self._codes:
+            if code in (cluster_codec.STORED, cluster_codec.ZERO):
+                continue
+            end = _ceil_div(position + code, SECTOR) * SECTOR
+            for host in range(position // CLUSTER, (end - 1) // CLUSTER + 1):
+                counts[host] += 1
+            position += code
+        counts.byteswap()
+        return struct.pack('>H', 1) * self.stored + counts.tobytes()
+
+    def _pieces_with(self, wanted: Callable[[int], bool]) -> Iterator[
+            Tuple[int, int, int]]:
+        """(offset, length, first index) of the pieces with a wanted code."""
+        index = 0
+        for offset, length in _pieces(self._runs, self._virtual_size):
+            count = _ceil_div(length, CLUSTER)
+            if any(wanted(code) for code in self._codes[index:index + count]):
+                yield offset, length, index
+            index += count
+
+    def chunks(self) -> Iterator[bytes]:
+        for offset, length, index in self._pieces_with(
+                lambda code: code == cluster_codec.STORED):
+            data = self._read(offset, length)
+            for n in range(_ceil_div(length, CLUSTER)):
+                if self._codes[index + n] == cluster_codec.STORED:
+                    cluster = data[n * CLUSTER:(n + 1) * CLUSTER]
+                    yield cluster + bytes(CLUSTER - len(cluster))
+        pieces = list(self._pieces_with(lambda code: code not in (
+            cluster_codec.STORED, cluster_codec.ZERO)))
+        packed = cluster_codec.ordered_map(
+            self._codec.packed,
+            (self._read(offset, length) for offset, length, _ in pieces),
+            cluster_codec.workers())
+        for (offset, _length, index), clusters in zip(pieces, packed):
+            for n, data in enumerate(clusters):
+                code = self._codes[index + n]
+                if code in (cluster_codec.STORED, cluster_codec.ZERO):
+                    continue
+                if len(data) != code:
+                    raise StreamError(reason=(
+                        'the cluster at %d compressed to %d bytes, then to '
+                        '%d: the disk changed under its export'
+                        % (offset + n * CLUSTER, code, len(data))))
+                yield data
+        yield bytes(-self.packed_bytes % CLUSTER)
+
+
+def _worth_packing(runs: Runs, virtual_size: int, read: Reader,
+                   codec: cluster_codec.Codec) -> bool:
+    """Whether a sample of the data, spread over the disk, compresses."""
+    pieces = list(_pieces(runs, virtual_size))
+    if len(pieces) <= cluster_codec.SAMPLE_PIECES:
+        return True
+    step = len(pieces) // cluster_codec.SAMPLE_PIECES
+    sample = pieces[::step][:cluster_codec.SAMPLE_PIECES]
+    before = after = 0
+    for codes in cluster_codec.ordered_map(
+            codec.codes, (read(o, n) for o, n in sample),
+            cluster_codec.workers()):
+        before += len(codes) * CLUSTER
+        after += sum(CLUSTER if code == cluster_codec.STORED
+                     else 0 if code == cluster_codec.ZERO else code
+                     for code in codes)
+    LOG.debug('A sample of %(before)d bytes compresses to %(after)d',
+              {'before': before, 'after': after})
+    return after <= cluster_codec.WORTH * before
+
+
+def _placement(runs: Runs, virtual_size: int, read: Reader,
+               codec: Optional[cluster_codec.Codec],
+               reread: Optional[Reader]) -> Any:
+    """How the data clusters are stored: packed when compressing pays.
+
+    The first pass reads through ``read`` in disk order (a digest may be
+    watching it); the sample and the second pass through ``reread``.
+    """
+    if codec is None:
+        return _Stored(runs, virtual_size, read)
+    if not _worth_packing(runs, virtual_size, reread, codec):
+        LOG.info('The disk\'s data does not compress (a sample of it saves '
+                 'less than %d%%): the image is stored uncompressed',
+                 round(100 * (1 - cluster_codec.WORTH)))
+        return _Stored(runs, virtual_size, read)
+    started = time.monotonic()
+    codes = array.array('H')
+    for piece_codes in cluster_codec.ordered_map(
+            codec.codes, (read(offset, length) for offset, length in
+                          _pieces(runs, virtual_size)),
+            cluster_codec.workers()):
+        codes.extend(piece_codes)
+    packed = _Packed(runs, virtual_size, reread, codec, codes)
+    LOG.info('%(kind)s: %(data)d MiB of data compress to %(image)d MiB '
+             '(%(stored)d clusters kept as they are), measured in %(s).1f s',
+             {'kind': codec.kind, 'data': len(codes) * CLUSTER >> 20,
+              'image': packed.clusters * CLUSTER >> 20,
+              'stored': packed.stored, 's': time.monotonic() - started})
+    return packed
+
+
+def qcow2(virtual_size: int, extents: List[nbd.Extent], read: Reader,
+          codec: Optional[cluster_codec.Codec] = None,
+          reread: Optional[Reader] = None) -> Encoded:
+    """A flat qcow2 holding the disk's data clusters, laid out in order.
+
+    :param codec: compress the clusters with it; then ``reread`` reads the
+        disk again, in any order.
+    """
     _check_sectors(virtual_size, extents)
-    return _qcow2(qcow2_layout(virtual_size, _cluster_runs(extents)), read)
+    runs = _cluster_runs(extents)
+    return _qcow2(virtual_size, runs, [], _placement(
+        runs, virtual_size, read, codec, reread))
 
 
 def qcow2_delta(virtual_size: int, extents: List[nbd.Extent],
-                changed: List[nbd.Extent], read: Reader) -> Encoded:
+                changed: List[nbd.Extent], read: Reader,
+                codec: Optional[cluster_codec.Codec] = None) -> Encoded:
     """A qcow2 of the clusters in ``changed`` only (see the module doc).
 
     :param extents: the disk's data and zero runs now.
     :param changed: the runs changed since the checkpoint.
+    :param codec: compress the clusters with it.
     """
     _check_sectors(virtual_size, extents)
     with_data, zeroed = _split(_cluster_runs(changed),
                                _cluster_runs(extents))
-    return _qcow2(qcow2_layout(virtual_size, with_data, zeroed), read)
+    return _qcow2(virtual_size, with_data, zeroed, _placement(
+        with_data, virtual_size, read, codec, read))
 
 
-def _qcow2(layout: Qcow2Layout, read: Reader) -> Encoded:
-    virtual_size = layout.virtual_size
+def _qcow2(virtual_size: int, runs: Runs, zero_runs: Runs,
+           placement: Any) -> Encoded:
+    layout = qcow2_layout(virtual_size, runs, zero_runs, placement.clusters)
 
     def padded(payload: bytes, clusters: int) -> bytes:
         return payload + bytes(clusters * CLUSTER - len(payload))
 
+    def header() -> bytes:
+        fields = [QCOW2_MAGIC, 3, 0, 0, CLUSTER_BITS, virtual_size, 0,
+                  layout.l1_size, layout.l1_at * CLUSTER,
+                  layout.refcount_table_at * CLUSTER,
+                  layout.refcount_table_clusters, 0, 0, 0, 0, 0,
+                  REFCOUNT_ORDER, HEADER.size]
+        if not placement.compression_type:
+            return HEADER.pack(*fields)
+        fields[13] = INCOMPAT_COMPRESSION
+        fields[-1] = HEADER_WITH_TYPE.size
+        return HEADER_WITH_TYPE.pack(*fields, placement.compression_type)
+
     def chunks() -> Iterator[bytes]:
-        yield padded(HEADER.pack(
-            QCOW2_MAGIC, 3, 0, 0, CLUSTER_BITS, virtual_size, 0,
-            layout.l1_size, layout.l1_at * CLUSTER,
-            layout.refcount_table_at * CLUSTER,
-            layout.refcount_table_clusters, 0, 0, 0, 0, 0, REFCOUNT_ORDER,
-            HEADER.size), 1)
+        yield padded(header(), 1)
         l1 = [0] * layout.l1_size
         for n, index in enumerate(layout.l2_indexes):
             l1[index] = ((layout.l2_at + n) * CLUSTER) | COPIED
@@ -255,26 +485,23 @@ def _qcow2(layout: Qcow2Layout, read: Reader) -> Encoded:
             '>%dQ' % blocks,
             *[(layout.refcount_blocks_at + n) * CLUSTER
               for n in range(blocks)]), layout.refcount_table_clusters)
-        yield padded(struct.pack('>H', 1) * layout.total_clusters, blocks)
-        yield from _l2_tables(layout)
-        for first, count in layout.runs:
-            offset = first * CLUSTER
-            length = min(count * CLUSTER, virtual_size - offset)
-            yield from _data(read, offset, length)
-            yield bytes(count * CLUSTER - length)
+        yield padded(struct.pack('>H', 1) * layout.data_at
+                     + placement.refcounts(), blocks)
+        yield from _l2_tables(layout, placement.entries(layout.data_at))
+        yield from placement.chunks()
 
     data_bytes = sum(min(count * CLUSTER, virtual_size - first * CLUSTER)
-                     for first, count in layout.runs)
+                     for first, count in runs)
     return Encoded(layout.total_clusters * CLUSTER, chunks(), data_bytes)
 
 
-def _l2_tables(layout: Qcow2Layout) -> Iterator[bytes]:
-    """Map each data cluster, in guest order, to the next host cluster.
+def _l2_tables(layout: Qcow2Layout,
+               entries: Iterator[int]) -> Iterator[bytes]:
+    """Map each data cluster, in guest order, to its ``entries``' next.
 
     Zero runs are marked as reading zeros; every other entry stays 0
     (unallocated: it reads from a backing file, or as zeros without one).
     """
-    host = layout.data_at
     runs = sorted([(first, count, True) for first, count in layout.runs]
                   + [(first, count, False)
                      for first, count in layout.zero_runs])
@@ -282,23 +509,26 @@ def _l2_tables(layout: Qcow2Layout) -> Iterator[bytes]:
     for index in layout.l2_indexes:
         table_start = index * L2_ENTRIES
         table_end = table_start + L2_ENTRIES
-        entries = [0] * L2_ENTRIES
+        table = [0] * L2_ENTRIES
         while i < len(runs) and runs[i][0] < table_end:
             first, count, data = runs[i]
             for guest in range(max(first, table_start),
                                min(first + count, table_end)):
-                if data:
-                    entries[guest - table_start] = (host * CLUSTER) | COPIED
-                    host += 1
-                else:
-                    entries[guest - table_start] = ZERO_CLUSTER
+                table[guest - table_start] = (next(entries) if data
+                                              else ZERO_CLUSTER)
             if first + count > table_end:
                 break               # the run goes on in the next table
             i += 1
-        yield struct.pack('>%dQ' % L2_ENTRIES, *entries)
+        yield struct.pack('>%dQ' % L2_ENTRIES, *table)
 
 
 ENCODERS = {'qcow2': qcow2, 'raw': raw}
+
+
+def codec(compression_type: str) -> Optional[cluster_codec.Codec]:
+    """The codec of a qcow2 compression type; None for '' (none)."""
+    return (cluster_codec.Codec(compression_type, CLUSTER)
+            if compression_type else None)
 
 
 class StreamError(exception.VmsnapException):

@@ -139,7 +139,7 @@ def test_block_job_timeout_cancels_copy(conf, load_driver, untouched,
 @pytest.mark.parametrize('mode, use_backup, compress', [
     ('live', False, False),   # block copy, then qemu-img convert
     ('cold', False, False),   # convert while the guest is saved
-    ('live', True, True),     # backup export, compressed by qemu-img
+    ('live', False, True),    # block copy, compressed by qemu-img
 ])
 def test_qemu_img_failure_restores_guest(mode, use_backup, compress, conf,
                                          load_driver, untouched,

@@ -79,9 +79,10 @@ def test_live_snapshot_of_paused_guest_stays_paused(
 def test_live_snapshot_of_raw_disk_compressed(conf, load_driver, make_guest,
                                               queued_image, glance,
                                               workroot, compression):
-    """A disk without a backing file is copied whole, then compressed.
+    """The export is compressed as it streams into Glance.
 
-    Glance's format inspector takes either compression type.
+    Glance's format inspector takes either compression type, and qemu-img
+    finds the clusters compressed and every refcount right.
     """
     conf.set_override('snapshot_mode', 'live', group='libvirt')
     conf.set_override('snapshot_compression', True, group='libvirt')
@@ -103,6 +104,11 @@ def test_live_snapshot_of_raw_disk_compressed(conf, load_driver, make_guest,
         ['qemu-img', 'info', '--output=json', '-f', 'qcow2', stored],
         check=True, capture_output=True, text=True).stdout)
     assert info['format-specific']['data']['compression-type'] == compression
+    check = json.loads(subprocess.run(
+        ['qemu-img', 'check', '--output=json', '-f', 'qcow2', stored],
+        check=True, capture_output=True, text=True).stdout)
+    assert check['compressed-clusters'] > 0
+    assert image['size'] < check['allocated-clusters'] * 65536
     checks.assert_guest_untouched(guest, xml, libvirt.VIR_DOMAIN_RUNNING)
     checks.assert_no_leftovers(conf)
 
