@@ -119,7 +119,7 @@ def requested(image: dict, options: Any) -> bool:
 def plan(guest: guest_mod.Guest, images: Any, state_path: str,
          options: Any, image: dict, disks: List[guest_mod.Disk],
          virtual_size: int, method: str, image_format: str,
-         compressed: bool, memory: bool) -> Link:
+         memory: bool) -> Link:
     """Where this snapshot goes in its server's chain, and why.
 
     Validating the parent's checkpoint redefines it in libvirt from this
@@ -142,10 +142,9 @@ def plan(guest: guest_mod.Guest, images: Any, state_path: str,
     if disk.format != 'qcow2':
         return outside('disk %s is %s: only a qcow2 disk keeps a persistent '
                        'dirty bitmap' % (disk.target, disk.format))
-    if image_format != 'qcow2' or compressed:
-        return outside('a delta is an uncompressed qcow2 image; '
-                       'snapshot_image_format or snapshot_compression say '
-                       'otherwise')
+    if image_format != 'qcow2':
+        return outside('a delta is a qcow2 image; snapshot_image_format '
+                       'says %s' % image_format)
     name = image.get('name') or ''
     checkpoint = CHECKPOINT_PREFIX + image['id']
     record = _read(state_path, guest.uuid)

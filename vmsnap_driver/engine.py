@@ -154,7 +154,7 @@ class SnapshotEngine:
         link = snapshot_chains.plan(
             guest, images, self._state_path, libvirt_conf, image, disks,
             chains[0][0].virtual_size, strategy.method,
-            libvirt_conf.snapshot_image_format, bool(compress), memory)
+            libvirt_conf.snapshot_image_format, memory)
         if link.checkpoint:
             strategy.checkpoint = capture_base.Checkpoint(
                 link.checkpoint, link.incremental_from)

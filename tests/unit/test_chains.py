@@ -43,7 +43,7 @@ def _plan(tmp_path, record=None, parent=None, disks=(DISK,),
     if asked is not None:
         request['vmsnap_incremental'] = asked
     return chains.plan(guest, images, state, OPTIONS, request, list(disks),
-                       size, method, image_format, False, memory)
+                       size, method, image_format, memory)
 
 
 def test_not_asked_for_is_no_chain(tmp_path):
@@ -56,7 +56,7 @@ def test_not_asked_for_is_no_chain(tmp_path):
     ({'method': 'managedsave'}, 'taken by managedsave'),
     ({'disks': (dataclasses.replace(DISK, format='raw'),)},
      'only a qcow2 disk'),
-    ({'image_format': 'raw'}, 'a delta is an uncompressed qcow2'),
+    ({'image_format': 'raw'}, 'a delta is a qcow2 image'),
 ])
 def test_outside_any_chain(tmp_path, kwargs, words):
     link = _plan(tmp_path, **kwargs)

@@ -46,8 +46,7 @@ def as_raw(tmp_path, image):
 
 
 def mixed_disk():
-    """Text, random, zeroed and text again past the first L2 table, with a
-    tail shorter than a cluster."""
+    """Text, random and zeroed clusters, two L2 tables, a short tail."""
     size = 600 * MIB + 1536
     disk = {0: text(20 * C), 20 * C: os.urandom(3 * C),
             23 * C: bytes(4 * C), 27 * C + 512: text(C - 512, 7),
@@ -59,8 +58,8 @@ def reader(size, disk):
     def read(offset, length):
         out = bytearray(length)
         for start, data in disk.items():
-            lo, hi = max(start, offset), min(start + len(data),
-                                               offset + length)
+            lo = max(start, offset)
+            hi = min(start + len(data), offset + length)
             if lo < hi:
                 out[lo - offset:hi - offset] = data[lo - start:hi - start]
         return bytes(out)
@@ -145,6 +144,15 @@ def test_compressed_delta_on_its_parent_reads_as_the_new_disk(tmp_path):
              str(delta))
     qemu_img('check', '-f', 'qcow2', str(delta))
     assert as_raw(tmp_path, delta) == bytes(new)
+    # A restore commits it into its downloaded parent, compressed too.
+    packed = tmp_path / 'packed.qcow2'
+    qemu_img('convert', '-c', '-o', 'compression_type=zstd', '-f', 'raw',
+             '-O', 'qcow2', str(raw), str(packed))
+    qemu_img('rebase', '-u', '-f', 'qcow2', '-b', str(packed), '-F',
+             'qcow2', str(delta))
+    qemu_img('commit', '-f', 'qcow2', str(delta))
+    qemu_img('check', '-f', 'qcow2', str(packed))
+    assert as_raw(tmp_path, packed) == bytes(new)
 
 
 def test_a_disk_that_changes_between_the_passes_fails_the_stream():
