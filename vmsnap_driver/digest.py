@@ -19,9 +19,12 @@ the snapshot it came from:
 Runs that read as zeros are hashed as zeros without being read.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+import itertools
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from oslo_log import log as logging
 
@@ -40,7 +43,10 @@ ZERO_BLOCK = hashlib.sha256(bytes(BLOCK)).digest()
 SHA256_PROPERTY = image_properties.DIGEST_PROPERTY
 TREE_PROPERTY = image_properties.TREE_DIGEST_PROPERTY
 
-Reader = Callable[[int, int], bytes]
+# Reads a plan of (offset, length) pieces: nbd.Client.read_ahead.
+Reads = Callable[[Iterable[Tuple[int, int]]], Iterator[bytes]]
+# Pieces read but not yet hashed, at most (4 MiB each from an export).
+HASH_BEHIND = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +86,18 @@ class ContentDigest:
     What it skips is hashed too: as zeros, or, given the disk's
     ``extents``, read wherever they say there is data.
 
+    The hashing runs on a thread of its own, a few pieces behind the
+    reads (hashlib releases the GIL): the next read waits for the disk
+    while the last piece is hashed, instead of after it.
+
     :param plain: compute the front-to-back sha256.
     :param tree: compute the block digests and their tree digest.
     """
 
-    def __init__(self, read: Reader, size: int,
+    def __init__(self, reads: Reads, size: int,
                  extents: Optional[List[nbd.Extent]] = None,
                  plain: bool = True, tree: bool = False) -> None:
-        self._read = read
+        self._reads = reads
         self._size = size
         self._hash = hashlib.new(ALGORITHM) if plain else None
         self._blocks = bytearray() if tree else None
@@ -95,8 +105,23 @@ class ContentDigest:
         self._block_fill = 0
         self._position = 0
         self._data = [e for e in extents or () if not e.zero]
+        self._hasher = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix='digest')
+        self._pending: collections.deque = collections.deque()
+
+    def _behind(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` on the hashing thread, in order, a few pieces behind."""
+        self._pending.append(self._hasher.submit(fn, *args))
+        while len(self._pending) > HASH_BEHIND:
+            self._pending.popleft().result()
 
     def _feed(self, data: bytes) -> None:
+        self._behind(self._hash_data, data)
+
+    def _zeros(self, length: int) -> None:
+        self._behind(self._hash_zero_run, length)
+
+    def _hash_data(self, data: bytes) -> None:
         if self._hash is not None:
             self._hash.update(data)
         if self._blocks is None:
@@ -115,7 +140,7 @@ class ContentDigest:
         self._block = hashlib.sha256()
         self._block_fill = 0
 
-    def _zeros(self, length: int) -> None:
+    def _hash_zero_run(self, length: int) -> None:
         while length > 0:
             if (self._blocks is not None and not self._block_fill
                     and length >= BLOCK):
@@ -129,39 +154,65 @@ class ContentDigest:
             n = min(length, len(ZEROS))
             if self._blocks is not None:
                 n = min(n, BLOCK - self._block_fill)
-            self._feed(memoryview(ZEROS)[:n])
+            self._hash_data(memoryview(ZEROS)[:n])
             length -= n
 
-    def _skip_to(self, offset: int) -> None:
-        """Hash the disk up to ``offset``: its data read, the rest zeros."""
-        while self._data and self._position < offset:
+    def _data_before(self, offset: int) -> List[Tuple[int, int]]:
+        """The data runs between the position and ``offset``, in pieces."""
+        pieces = []
+        position = self._position
+        while self._data and self._data[0].offset < offset:
             extent = self._data[0]
             end = extent.offset + extent.length
-            if end <= self._position:
-                self._data.pop(0)
-                continue
-            start = max(extent.offset, self._position)
-            if start >= offset:
+            start = max(extent.offset, position)
+            stop = min(end, offset)
+            while start < stop:
+                n = min(stop - start, len(ZEROS))
+                pieces.append((start, n))
+                start += n
+            if end > offset:
                 break
+            self._data.pop(0)
+            position = end
+        return pieces
+
+    def _skip_to(self, offset: int, reading: bool = True) -> None:
+        """Hash the disk up to ``offset``: its data read, the rest zeros.
+
+        :param reading: whether data may be read here (not while the
+            encoder's own reads are in flight on the connection).
+        """
+        pieces = self._data_before(offset)
+        if pieces and not reading:
+            raise ValueError('the reads skip data at %d that the digest '
+                             'needs' % pieces[0][0])
+        for (start, n), data in zip(pieces, self._reads(pieces)):
             self._zeros(start - self._position)
-            n = min(end, offset, start + len(ZEROS)) - start
-            self._feed(self._read(start, n))
+            self._feed(data)
             self._position = start + n
         self._zeros(offset - self._position)
         self._position = offset
 
-    def read(self, offset: int, length: int) -> bytes:
-        if offset < self._position:
-            raise ValueError('reads must be ascending for the digest')
-        self._skip_to(offset)
-        data = self._read(offset, length)
-        self._feed(data)
-        self._position = offset + len(data)
-        return data
+    def reads(self, plan: Iterable[Tuple[int, int]]) -> Iterator[bytes]:
+        """The bytes of each (offset, length) of ``plan``, hashed.
+
+        The plan must be ascending and cover every data run of the disk.
+        """
+        ahead, here = itertools.tee(plan)
+        for (offset, _length), data in zip(here, self._reads(ahead)):
+            if offset < self._position:
+                raise ValueError('reads must be ascending for the digest')
+            self._skip_to(offset, reading=False)
+            self._feed(data)
+            self._position = offset + len(data)
+            yield data
 
     def result(self) -> Digests:
         """The digests, once everything was read."""
         self._skip_to(self._size)
+        while self._pending:
+            self._pending.popleft().result()
+        self._hasher.shutdown()
         if self._blocks is not None and self._block_fill:
             self._end_block()
         blocks = bytes(self._blocks) if self._blocks is not None else None
@@ -183,7 +234,7 @@ def blocks_of(extents: Iterable[nbd.Extent]) -> List[int]:
 
 
 def update_blocks(base: bytes, size: int, changed: Iterable[int],
-                  extents: List[nbd.Extent], read: Reader) -> Digests:
+                  extents: List[nbd.Extent], reads: Reads) -> Digests:
     """A delta's block digests: ``base`` with the ``changed`` blocks redone.
 
     Only the changed blocks are read (a block wholly in a zero run is not
@@ -192,6 +243,7 @@ def update_blocks(base: bytes, size: int, changed: Iterable[int],
     blocks = bytearray(base)
     zero_runs = [(e.offset, e.offset + e.length) for e in extents if e.zero]
     run = 0
+    to_read = []
     for index in changed:
         start = index * BLOCK
         end = min(start + BLOCK, size)
@@ -199,10 +251,14 @@ def update_blocks(base: bytes, size: int, changed: Iterable[int],
             run += 1
         if (run < len(zero_runs) and zero_runs[run][0] <= start
                 and zero_runs[run][1] >= end):
-            digest = hashlib.sha256(ZEROS[:end - start]).digest()
+            blocks[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] = (
+                hashlib.sha256(ZEROS[:end - start]).digest())
         else:
-            digest = hashlib.sha256(read(start, end - start)).digest()
-        blocks[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] = digest
+            to_read.append((index, (start, end - start)))
+    for (index, _piece), data in zip(to_read, reads(
+            piece for _index, piece in to_read)):
+        blocks[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] = (
+            hashlib.sha256(data).digest())
     blocks = bytes(blocks)
     return Digests(sha256=None, tree=tree_of(blocks), blocks=blocks)
 
@@ -218,7 +274,7 @@ def recorded(image: dict) -> Tuple[Optional[str], bool]:
     return image.get(TREE_PROPERTY), True
 
 
-def of_delta(read: Reader, size: int, extents: List[nbd.Extent],
+def of_delta(reads: Reads, size: int, extents: List[nbd.Extent],
              changed: List[nbd.Extent],
              base: Optional[bytes]) -> Digests:
     """A delta's digests, from the blocks that ``changed``.
@@ -229,14 +285,14 @@ def of_delta(read: Reader, size: int, extents: List[nbd.Extent],
     if base is None:
         LOG.warning('The parent\'s block digests are not on this host: the '
                     'whole disk is read for the delta\'s digests')
-        return ContentDigest(read, size, extents, tree=True).result()
-    return update_blocks(base, size, blocks_of(changed), extents, read)
+        return ContentDigest(reads, size, extents, tree=True).result()
+    return update_blocks(base, size, blocks_of(changed), extents, reads)
 
 
 def of_export(client: nbd.Client, plain: bool = True,
               tree: bool = False) -> Digests:
     """The digests of a whole NBD export, reading only its data runs."""
-    return ContentDigest(client.read, client.size, client.extents(),
+    return ContentDigest(client.read_ahead, client.size, client.extents(),
                          plain=plain, tree=tree).result()
 
 

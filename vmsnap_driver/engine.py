@@ -279,15 +279,16 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
         if view.dirty_bitmap:
             changed = client.dirty()
             encoded = image_stream.qcow2_delta(client.size, extents, changed,
-                                               client.read, codec)
+                                               client.read_ahead, codec)
             digests = functools.partial(
-                digest.of_delta, client.read, client.size, extents, changed,
-                link.parent_blocks)
+                digest.of_delta, client.read_ahead, client.size, extents,
+                changed, link.parent_blocks)
         else:
-            content = digest.ContentDigest(client.read, client.size, extents,
-                                           tree=chained)
+            content = digest.ContentDigest(client.read_ahead, client.size,
+                                           extents, tree=chained)
             encoded = image_stream.ENCODERS[image_format](
-                client.size, extents, content.read, codec, client.read)
+                client.size, extents, content.reads, codec,
+                client.read_ahead)
             digests = content.result
         body = image_stream.Prefetcher(encoded.chunks, encoded.size)
         try:

@@ -27,11 +27,12 @@ parent as backing, it reads as the disk did at its checkpoint.
 
 import array
 import dataclasses
+import itertools
 import queue
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from oslo_log import log as logging
 
@@ -63,7 +64,9 @@ INCOMPAT_COMPRESSION = 1 << 3
 PIECE = 4 * 1024 * 1024
 ZEROS = bytes(PIECE)
 
-Reader = Callable[[int, int], bytes]
+# Reads a plan of (offset, length) pieces, in order: an NBD client's
+# read_ahead, or a digest watching it.
+Reads = Callable[[Iterable[Tuple[int, int]]], Iterator[bytes]]
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -77,11 +80,11 @@ def _zeros(length: int) -> Iterator[bytes]:
         length -= n
 
 
-def _data(read: Reader, offset: int, length: int) -> Iterator[bytes]:
-    end = offset + length
+def _spans(offset: int, end: int) -> Iterator[Tuple[int, int]]:
+    """[offset, end) in pieces of PIECE at most."""
     while offset < end:
         n = min(end - offset, PIECE)
-        yield read(offset, n)
+        yield offset, n
         offset += n
 
 
@@ -113,9 +116,9 @@ def _check_sectors(virtual_size: int, extents: List[nbd.Extent]) -> None:
             raise ValueError('extent %s is not sector-aligned' % (extent,))
 
 
-def raw(virtual_size: int, extents: List[nbd.Extent], read: Reader,
+def raw(virtual_size: int, extents: List[nbd.Extent], reads: Reads,
         codec: Optional[cluster_codec.Codec] = None,
-        reread: Optional[Reader] = None) -> Encoded:
+        rereads: Optional[Reads] = None) -> Encoded:
     """Every byte of the disk; zero runs are produced without reading.
 
     :param codec: must be None: a raw image has nothing to compress into.
@@ -125,11 +128,16 @@ def raw(virtual_size: int, extents: List[nbd.Extent], read: Reader,
     _check_sectors(virtual_size, extents)
 
     def chunks() -> Iterator[bytes]:
+        data = reads(piece for extent in extents if not extent.zero
+                     for piece in _spans(extent.offset,
+                                         extent.offset + extent.length))
         for extent in extents:
             if extent.zero:
                 yield from _zeros(extent.length)
             else:
-                yield from _data(read, extent.offset, extent.length)
+                for _piece in _spans(extent.offset,
+                                     extent.offset + extent.length):
+                    yield next(data)
     return Encoded(virtual_size, chunks(),
                    sum(e.length for e in extents if not e.zero))
 
@@ -247,21 +255,17 @@ def qcow2_layout(virtual_size: int, runs: Runs, zero_runs: Runs = (),
 def _pieces(runs: Runs, virtual_size: int) -> Iterator[Tuple[int, int]]:
     """(offset, length) of the data in ``runs``, PIECE at most each."""
     for first, count in runs:
-        offset = first * CLUSTER
-        end = min((first + count) * CLUSTER, virtual_size)
-        while offset < end:
-            n = min(end - offset, PIECE)
-            yield offset, n
-            offset += n
+        yield from _spans(first * CLUSTER,
+                          min((first + count) * CLUSTER, virtual_size))
 
 
 class _Stored:
     """Each data cluster as it is, one host cluster each, in guest order."""
 
-    def __init__(self, runs: Runs, virtual_size: int, read: Reader) -> None:
+    def __init__(self, runs: Runs, virtual_size: int, reads: Reads) -> None:
         self._runs = runs
         self._virtual_size = virtual_size
-        self._read = read
+        self._reads = reads
         self.clusters = sum(count for _first, count in runs)
         self.compression_type = 0
 
@@ -273,11 +277,10 @@ class _Stored:
         return struct.pack('>H', 1) * self.clusters
 
     def chunks(self) -> Iterator[bytes]:
-        for offset, length in _pieces(self._runs, self._virtual_size):
-            data = self._read(offset, length)
+        for data in self._reads(_pieces(self._runs, self._virtual_size)):
             yield data
-            if length % CLUSTER:
-                yield bytes(CLUSTER - length % CLUSTER)
+            if len(data) % CLUSTER:
+                yield bytes(CLUSTER - len(data) % CLUSTER)
 
 
 class _Packed:
@@ -288,11 +291,11 @@ class _Packed:
     the same sizes.
     """
 
-    def __init__(self, runs: Runs, virtual_size: int, read: Reader,
+    def __init__(self, runs: Runs, virtual_size: int, reads: Reads,
                  codec: cluster_codec.Codec, codes: array.array) -> None:
         self._runs = runs
         self._virtual_size = virtual_size
-        self._read = read
+        self._reads = reads
         self._codec = codec
         self._codes = codes
         self.compression_type = codec.type_code
@@ -344,21 +347,26 @@ class _Packed:
                 yield offset, length, index
             index += count
 
+    def _read_pieces_with(self, wanted: Callable[[int], bool]) -> Iterator[
+            Tuple[Tuple[int, int, int], bytes]]:
+        """Each piece holding a wanted cluster, and its bytes."""
+        ahead, here = itertools.tee(self._pieces_with(wanted))
+        return zip(here, self._reads((offset, length)
+                                     for offset, length, _ in ahead))
+
     def chunks(self) -> Iterator[bytes]:
-        for offset, length, index in self._pieces_with(
+        for (_offset, length, index), data in self._read_pieces_with(
                 lambda code: code == cluster_codec.STORED):
-            data = self._read(offset, length)
             for n in range(_ceil_div(length, CLUSTER)):
                 if self._codes[index + n] == cluster_codec.STORED:
                     cluster = data[n * CLUSTER:(n + 1) * CLUSTER]
                     yield cluster + bytes(CLUSTER - len(cluster))
-        pieces = list(self._pieces_with(lambda code: code not in (
-            cluster_codec.STORED, cluster_codec.ZERO)))
         packed = cluster_codec.ordered_map(
-            self._codec.packed,
-            (self._read(offset, length) for offset, length, _ in pieces),
+            lambda item: (item[0], self._codec.packed(item[1])),
+            self._read_pieces_with(lambda code: code not in (
+                cluster_codec.STORED, cluster_codec.ZERO)),
             cluster_codec.workers())
-        for (offset, _length, index), clusters in zip(pieces, packed):
+        for (offset, _length, index), clusters in packed:
             for n, data in enumerate(clusters):
                 code = self._codes[index + n]
                 if code in (cluster_codec.STORED, cluster_codec.ZERO):
@@ -372,7 +380,7 @@ class _Packed:
         yield bytes(-self.packed_bytes % CLUSTER)
 
 
-def _worth_packing(runs: Runs, virtual_size: int, read: Reader,
+def _worth_packing(runs: Runs, virtual_size: int, reads: Reads,
                    codec: cluster_codec.Codec) -> bool:
     """Whether a sample of the data, spread over the disk, compresses."""
     pieces = list(_pieces(runs, virtual_size))
@@ -382,7 +390,7 @@ def _worth_packing(runs: Runs, virtual_size: int, read: Reader,
     sample = pieces[::step][:cluster_codec.SAMPLE_PIECES]
     before = after = 0
     for codes in cluster_codec.ordered_map(
-            codec.codes, (read(o, n) for o, n in sample),
+            codec.codes, reads(sample),
             cluster_codec.workers()):
         before += len(codes) * CLUSTER
         after += sum(CLUSTER if code == cluster_codec.STORED
@@ -393,29 +401,28 @@ def _worth_packing(runs: Runs, virtual_size: int, read: Reader,
     return after <= cluster_codec.WORTH * before
 
 
-def _placement(runs: Runs, virtual_size: int, read: Reader,
+def _placement(runs: Runs, virtual_size: int, reads: Reads,
                codec: Optional[cluster_codec.Codec],
-               reread: Optional[Reader]) -> Any:
+               rereads: Optional[Reads]) -> Any:
     """How the data clusters are stored: packed when compressing pays.
 
-    The first pass reads through ``read`` in disk order (a digest may be
-    watching it); the sample and the second pass through ``reread``.
+    The first pass reads through ``reads`` in disk order (a digest may be
+    watching it); the sample and the second pass through ``rereads``.
     """
     if codec is None:
-        return _Stored(runs, virtual_size, read)
-    if not _worth_packing(runs, virtual_size, reread, codec):
+        return _Stored(runs, virtual_size, reads)
+    if not _worth_packing(runs, virtual_size, rereads, codec):
         LOG.info('The disk\'s data does not compress (a sample of it saves '
                  'less than %d%%): the image is stored uncompressed',
                  round(100 * (1 - cluster_codec.WORTH)))
-        return _Stored(runs, virtual_size, read)
+        return _Stored(runs, virtual_size, reads)
     started = time.monotonic()
     codes = array.array('H')
     for piece_codes in cluster_codec.ordered_map(
-            codec.codes, (read(offset, length) for offset, length in
-                          _pieces(runs, virtual_size)),
+            codec.codes, reads(_pieces(runs, virtual_size)),
             cluster_codec.workers()):
         codes.extend(piece_codes)
-    packed = _Packed(runs, virtual_size, reread, codec, codes)
+    packed = _Packed(runs, virtual_size, rereads, codec, codes)
     LOG.info('%(kind)s: %(data)d MiB of data compress to %(image)d MiB '
              '(%(stored)d clusters kept as they are), measured in %(s).1f s',
              {'kind': codec.kind, 'data': len(codes) * CLUSTER >> 20,
@@ -424,22 +431,22 @@ def _placement(runs: Runs, virtual_size: int, read: Reader,
     return packed
 
 
-def qcow2(virtual_size: int, extents: List[nbd.Extent], read: Reader,
+def qcow2(virtual_size: int, extents: List[nbd.Extent], reads: Reads,
           codec: Optional[cluster_codec.Codec] = None,
-          reread: Optional[Reader] = None) -> Encoded:
+          rereads: Optional[Reads] = None) -> Encoded:
     """A flat qcow2 holding the disk's data clusters, laid out in order.
 
-    :param codec: compress the clusters with it; then ``reread`` reads the
-        disk again, in any order.
+    :param codec: compress the clusters with it; then ``rereads`` reads
+        the disk again, out of order.
     """
     _check_sectors(virtual_size, extents)
     runs = _cluster_runs(extents)
     return _qcow2(virtual_size, runs, [], _placement(
-        runs, virtual_size, read, codec, reread))
+        runs, virtual_size, reads, codec, rereads))
 
 
 def qcow2_delta(virtual_size: int, extents: List[nbd.Extent],
-                changed: List[nbd.Extent], read: Reader,
+                changed: List[nbd.Extent], reads: Reads,
                 codec: Optional[cluster_codec.Codec] = None) -> Encoded:
     """A qcow2 of the clusters in ``changed`` only (see the module doc).
 
@@ -451,7 +458,7 @@ def qcow2_delta(virtual_size: int, extents: List[nbd.Extent],
     with_data, zeroed = _split(_cluster_runs(changed),
                                _cluster_runs(extents))
     return _qcow2(virtual_size, with_data, zeroed, _placement(
-        with_data, virtual_size, read, codec, read))
+        with_data, virtual_size, reads, codec, reads))
 
 
 def _qcow2(virtual_size: int, runs: Runs, zero_runs: Runs,

@@ -50,7 +50,7 @@ def test_encoded_image_matches_source(fmt, export, workroot):
         extents = client.extents()
         assert sum(e.length for e in extents) == client.size
         encoded = image_stream.ENCODERS[fmt](client.size, extents,
-                                             client.read)
+                                             client.read_ahead)
         body = image_stream.Prefetcher(encoded.chunks, encoded.size)
         written = 0
         with open(out, 'wb') as f:

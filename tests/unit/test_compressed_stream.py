@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from tests.unit import planned
 from vmsnap_driver import cluster_codec
 from vmsnap_driver import image_stream
 from vmsnap_driver import nbd
@@ -77,8 +78,8 @@ def test_compressed_qcow2_is_what_qemu_reads(tmp_path, kind):
     def first_pass(offset, length):
         reads.append(offset)
         return read(offset, length)
-    encoded = image_stream.qcow2(size, extents, first_pass,
-                                 cluster_codec.Codec(kind, C), read)
+    encoded = image_stream.qcow2(size, extents, planned(first_pass),
+                                 cluster_codec.Codec(kind, C), planned(read))
     image = write(tmp_path, 'c.qcow2', encoded)
     # The first pass reads the disk once, in order (a digest watches it).
     assert reads == sorted(reads) and len(reads) == len(set(reads))
@@ -96,7 +97,7 @@ def test_compressed_qcow2_is_what_qemu_reads(tmp_path, kind):
              str(image))
     # Text packs; the random and zeroed clusters take no more than
     # themselves and nothing.
-    plain = image_stream.qcow2(size, extents, read)
+    plain = image_stream.qcow2(size, extents, planned(read))
     assert encoded.size < plain.size - 12 * C
 
 
@@ -110,14 +111,16 @@ def test_incompressible_data_is_stored_after_a_sample(tmp_path, monkeypatch):
         calls.append(length)
         return data[offset:offset + length]
     extents = [nbd.Extent(0, size, False)]
-    encoded = image_stream.qcow2(size, extents, read,
-                                 cluster_codec.Codec('zstd', C), read)
+    encoded = image_stream.qcow2(size, extents, planned(read),
+                                 cluster_codec.Codec('zstd', C),
+                                 planned(read))
     image = write(tmp_path, 'r.qcow2', encoded)
     # Two sample pieces, then the data once.
     assert sum(calls) == 2 * image_stream.PIECE + size
     info = json.loads(qemu_img('info', '--output=json', str(image)))
     assert info['format-specific']['data']['compression-type'] == 'zlib'
-    assert encoded.size == image_stream.qcow2(size, extents, read).size
+    assert encoded.size == image_stream.qcow2(size, extents,
+                                              planned(read)).size
     assert as_raw(tmp_path, image) == data
 
 
@@ -133,7 +136,7 @@ def test_compressed_delta_on_its_parent_reads_as_the_new_disk(tmp_path):
     extents = [nbd.Extent(0, 3 * C, False), nbd.Extent(3 * C, 2 * C, True),
                nbd.Extent(5 * C, size - 5 * C, False)]
     encoded = image_stream.qcow2_delta(
-        size, extents, changed, lambda o, n: bytes(new[o:o + n]),
+        size, extents, changed, planned(lambda o, n: bytes(new[o:o + n])),
         cluster_codec.Codec('zstd', C))
     delta = write(tmp_path, 'delta.qcow2', encoded)
     raw = tmp_path / 'parent.raw'
@@ -158,10 +161,9 @@ def test_compressed_delta_on_its_parent_reads_as_the_new_disk(tmp_path):
 def test_a_disk_that_changes_between_the_passes_fails_the_stream():
     data = bytearray(text(8 * C))
     extents = [nbd.Extent(0, 8 * C, False)]
-    encoded = image_stream.qcow2(8 * C, extents,
-                                 lambda o, n: bytes(data[o:o + n]),
-                                 cluster_codec.Codec('zlib', C),
-                                 lambda o, n: bytes(data[o:o + n]))
+    read = planned(lambda o, n: bytes(data[o:o + n]))
+    encoded = image_stream.qcow2(8 * C, extents, read,
+                                 cluster_codec.Codec('zlib', C), read)
     data[3 * C:4 * C] = os.urandom(C)
     with pytest.raises(image_stream.StreamError, match='changed'):
         b''.join(encoded.chunks)

@@ -3,13 +3,16 @@
 import hashlib
 import os
 
+import pytest
+
+from tests.unit import planned
 from vmsnap_driver import digest
 from vmsnap_driver import nbd
 
 MIB = 1024 * 1024
 
 
-def test_a_partial_reader_still_digests_the_whole_disk():
+def _disk():
     disk = bytearray(os.urandom(10 * MIB))
     disk[2 * MIB:6 * MIB] = bytes(4 * MIB)
     extents = [nbd.Extent(0, 2 * MIB, False), nbd.Extent(2 * MIB, 4 * MIB,
@@ -20,12 +23,31 @@ def test_a_partial_reader_still_digests_the_whole_disk():
     def read(offset, length):
         reads.append((offset, length))
         return bytes(disk[offset:offset + length])
-    content = digest.ContentDigest(read, len(disk), extents)
-    # What a delta's encoder reads: one changed piece.
-    assert content.read(7 * MIB, 4096) == disk[7 * MIB:7 * MIB + 4096]
+    return disk, extents, reads, read
+
+
+def test_the_digest_is_of_the_whole_disk_whoever_reads_it():
+    disk, extents, reads, read = _disk()
+    # An encoder's reads: the data, in pieces, zeros skipped.
+    content = digest.ContentDigest(planned(read), len(disk), extents)
+    plan = [(0, 2 * MIB), (6 * MIB, 3 * MIB), (9 * MIB, MIB)]
+    assert b''.join(content.reads(plan)) == disk[:2 * MIB] + disk[6 * MIB:]
+    assert content.result().sha256 == hashlib.sha256(disk).hexdigest()
+    # Or nobody's: the digest reads the data itself.
+    reads.clear()
+    content = digest.ContentDigest(planned(read), len(disk), extents)
     assert content.result().sha256 == hashlib.sha256(disk).hexdigest()
     # The zero run was never read.
-    assert not any(o < 6 * MIB and o + n > 2 * MIB for o, n in reads)
+    assert reads and not any(o < 6 * MIB and o + n > 2 * MIB
+                             for o, n in reads)
+
+
+def test_reads_that_skip_data_are_refused():
+    """The digest cannot read it while the reads are in flight."""
+    disk, extents, _reads, read = _disk()
+    content = digest.ContentDigest(planned(read), len(disk), extents)
+    with pytest.raises(ValueError, match='skip data'):
+        list(content.reads([(7 * MIB, 4096)]))
 
 
 def test_the_tree_digest_is_updated_from_the_changed_blocks_alone():
@@ -36,7 +58,7 @@ def test_the_tree_digest_is_updated_from_the_changed_blocks_alone():
                nbd.Extent(3 * MIB, size - 3 * MIB, False)]
 
     def reader(data):
-        return lambda o, n: bytes(data[o:o + n])
+        return planned(lambda o, n: bytes(data[o:o + n]))
     base = digest.ContentDigest(reader(disk), size, extents,
                                 tree=True).result()
     assert base.sha256 == hashlib.sha256(disk).hexdigest()
@@ -59,7 +81,7 @@ def test_the_tree_digest_is_updated_from_the_changed_blocks_alone():
     updated = digest.update_blocks(base.blocks, size, changed, [
         nbd.Extent(0, MIB, False), nbd.Extent(MIB, MIB, False),
         nbd.Extent(2 * MIB, MIB, True),
-        nbd.Extent(3 * MIB, size - 3 * MIB, False)], read)
+        nbd.Extent(3 * MIB, size - 3 * MIB, False)], planned(read))
     assert sorted(reads) == [1, 5]
     whole = digest.ContentDigest(reader(new), size,
                                  [nbd.Extent(0, size, False)],

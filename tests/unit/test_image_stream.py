@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from tests.unit import planned
 from vmsnap_driver import image_stream
 from vmsnap_driver import nbd
 
@@ -62,7 +63,7 @@ def refcounts(image):
 ])
 def test_qcow2_stream_holds_exactly_the_data(virtual, extents):
     data = [nbd.Extent(o, n, False) for o, n in extents]
-    encoded = image_stream.qcow2(virtual, data, pattern)
+    encoded = image_stream.qcow2(virtual, data, planned(pattern))
     image = b''.join(encoded.chunks)
     assert len(image) == encoded.size
     # Every cluster touched by data is stored whole, zero-padded past the
@@ -98,7 +99,7 @@ def test_raw_stream_reads_only_data():
         return pattern(offset, length)
     extents = [nbd.Extent(0, MIB, True), nbd.Extent(MIB, 5120, False),
                nbd.Extent(MIB + 5120, 3072, True)]
-    encoded = image_stream.raw(MIB + 8192, extents, read)
+    encoded = image_stream.raw(MIB + 8192, extents, planned(read))
     image = b''.join(encoded.chunks)
     assert image == bytes(MIB) + pattern(MIB, 5120) + bytes(3072)
     assert asked == [(MIB, 5120)]
@@ -108,9 +109,9 @@ def test_raw_stream_reads_only_data():
 @pytest.mark.parametrize('encoder', [image_stream.raw, image_stream.qcow2])
 def test_encoders_refuse_what_is_not_whole_sectors(encoder):
     with pytest.raises(ValueError):
-        encoder(MIB + 100, [], pattern)
+        encoder(MIB + 100, [], planned(pattern))
     with pytest.raises(ValueError):
-        encoder(MIB, [nbd.Extent(0, 700, False)], pattern)
+        encoder(MIB, [nbd.Extent(0, 700, False)], planned(pattern))
 
 
 def test_prefetcher_passes_errors_and_skips_empty_chunks():
@@ -152,7 +153,7 @@ def test_qcow2_delta_on_its_parent_reads_as_the_new_disk(tmp_path):
                nbd.Extent(23 * C, 7 * C, True),
                nbd.Extent(30 * C, size - 30 * C, False)]
     encoded = image_stream.qcow2_delta(
-        size, extents, changed, lambda o, n: bytes(new[o:o + n]))
+        size, extents, changed, planned(lambda o, n: bytes(new[o:o + n])))
     delta = tmp_path / 'delta.qcow2'
     delta.write_bytes(b''.join(encoded.chunks))
     assert delta.stat().st_size == encoded.size

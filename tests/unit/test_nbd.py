@@ -205,3 +205,37 @@ def test_a_server_that_stops_answering_times_out(serve):
         with pytest.raises(nbd.NbdError) as raised:
             client.read(0, 4096)
     assert 'no answer within' in str(raised.value)
+
+
+def test_reads_in_flight_are_answered_in_any_order(serve):
+    """Replies to pipelined reads come back reversed and interleaved."""
+    held = []
+
+    def reply(sock, handle, command, offset, length):
+        held.append((handle, offset, length))
+        if len(held) < 3:
+            return
+        half = [length // 2 for _h, _o, length in held]
+        for (handle, offset, _n), n in zip(reversed(held), reversed(half)):
+            data_chunk(sock, handle, offset, n, done=False)
+        for (handle, offset, length), n in zip(held, half):
+            data_chunk(sock, handle, offset + n, length - n)
+        held.clear()
+    server = serve(reply)
+    plan = [(0, 4096), (65536, 8192), (8192, 512), (1 << 20, 4096),
+            (SIZE - 4096, 4096), (4096, 1024)]
+    with nbd.Client(server.path, 'vda') as client:
+        got = [bytes(b) for b in client.read_ahead(plan, depth=3)]
+    assert got == [data(o, n) for o, n in plan]
+
+
+def test_a_read_ahead_left_early_leaves_the_connection_usable(serve):
+    def reply(sock, handle, command, offset, length):
+        data_chunk(sock, handle, offset, length)
+    server = serve(reply)
+    with nbd.Client(server.path, 'vda') as client:
+        reads = client.read_ahead([(o, 4096) for o in range(0, SIZE, 1 << 20)])
+        assert bytes(next(reads)) == data(0, 4096)
+        reads.close()
+        # The replies still due were taken off the connection.
+        assert bytes(client.read(512, 1024)) == data(512, 1024)
