@@ -173,7 +173,7 @@ class ContentDigest:
             if end > offset:
                 break
             self._data.pop(0)
-            position = end
+            position = max(position, end)
         return pieces
 
     def _skip_to(self, offset: int, reading: bool = True) -> None:
