@@ -446,6 +446,8 @@ class Client:
         return extents
 
     def close(self) -> None:
+        # Replies still due die with the connection: nothing drains them.
+        self._reads.clear()
         try:
             self._request(CMD_DISC, 0, 0)
         except NbdError:

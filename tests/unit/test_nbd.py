@@ -239,3 +239,14 @@ def test_a_read_ahead_left_early_leaves_the_connection_usable(serve):
         reads.close()
         # The replies still due were taken off the connection.
         assert bytes(client.read(512, 1024)) == data(512, 1024)
+
+
+def test_a_read_ahead_outliving_its_connection_ends_quietly(serve):
+    def reply(sock, handle, command, offset, length):
+        data_chunk(sock, handle, offset, length)
+    server = serve(reply)
+    client = nbd.Client(server.path, 'vda')
+    reads = client.read_ahead([(o, 4096) for o in range(0, SIZE, 1 << 20)])
+    next(reads)
+    client.close()
+    reads.close()
