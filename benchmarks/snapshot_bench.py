@@ -29,11 +29,12 @@ free space around them; what a guest's disk holds).
 
 Per method and size it reports the median and spread of: wall time until
 the image is active, as a running service spends it (each snapshot runs in
-a process of its own, whose start and imports are not counted), time the guest was not running (libvirt's domain
-state, polled every 10 ms), bytes written to and read from the host's disk
-(the block device's counters, page cache dropped before and synced after
-each run; each run waits --settle seconds after the drop, so that none
-inherits another's freshly freed memory), bytes uploaded, the CPU seconds
+a process of its own, whose start and imports are not counted), time the
+guest was not running (libvirt's domain state, polled every 10 ms), bytes
+written to and read from the host's disk (the block device's counters, page
+cache dropped before and synced after each run; each run waits --settle
+seconds after the drop, so that none inherits another's freshly freed
+memory), bytes uploaded, the CPU seconds
 and the peak RSS of the process doing the snapshot (its qemu-img children
 included; not Glance's or QEMU's).  It also measures the floor: reading
 the allocated data once plus uploading an image of that size once.  Every
