@@ -7,9 +7,10 @@ cluster's compressed size is known, because the L2 tables at the front name
 the byte offset of each compressed cluster.  So the streamed encoder
 (:mod:`vmsnap_driver.image_stream`) compresses twice: a first pass that
 keeps only each cluster's size (two bytes a cluster), then the pass that
-sends.  Both zlib and zstd are deterministic for one level and library, so
-the second pass must give the sizes of the first; anything else is an
-error, never a corrupt image.
+sends.  The export holds the disk at one instant and both zlib and zstd
+are deterministic for one level and library, so the second pass reads and
+compresses what the first did; a compressed size that differs all the
+same fails the snapshot rather than the image's layout.
 
 A sample of the disk is compressed first: when it does not pay (random or
 already compressed data), the image is stored uncompressed after one cheap
@@ -27,7 +28,7 @@ import concurrent.futures
 import os
 import threading
 import zlib
-from typing import Callable, Iterable, Iterator, List, TypeVar
+from typing import Callable, Iterable, Iterator, List, Optional, TypeVar
 
 import zstandard
 
@@ -37,10 +38,12 @@ TYPES = {'zlib': 0, 'zstd': 1}
 # root filesystem, zstd -1 compresses 64 KiB clusters 1.7 x faster than
 # zstd -3 for a 5 % larger image, zlib -1 1.5 x faster than zlib -6.
 LEVELS = {'zlib': 1, 'zstd': 1}
-# A cluster whose compressed form does not save this much of it is stored
-# as it is: reading it back would cost a decompression for nothing.
-MAX_PACKED = 15 * 65536 // 16
-# Codes of a cluster in the first pass, besides a compressed size.
+# A cluster is stored compressed only when that saves at least this part
+# of it: else reading it back would cost a decompression for next to
+# nothing.
+MIN_SAVING = 1 / 16
+# Codes of a cluster in the first pass, two bytes each, besides a
+# compressed size (always smaller than the cluster, at most 64 KiB).
 STORED = 0
 ZERO = 0xFFFF
 # Compressing a sample costs at most this many pieces of the disk.
@@ -87,7 +90,10 @@ class Codec:
             raise ValueError('unknown qcow2 compression type %r' % kind)
         self.kind = kind
         self.type_code = TYPES[kind]
+        if cluster > 1 << 16:
+            raise ValueError('cluster codes are two bytes: at most 64 KiB')
         self._cluster = cluster
+        self._max_packed = int(cluster * (1 - MIN_SAVING))
         self._zeros = bytes(cluster)
         self._local = threading.local()
 
@@ -109,24 +115,21 @@ class Codec:
                 cluster += bytes(self._cluster - len(cluster))
             yield cluster
 
-    def codes(self, piece: bytes) -> List[int]:
-        """Each cluster's code: ZERO, STORED or its compressed size."""
-        codes = []
-        for cluster in self._clusters(piece):
-            if cluster == self._zeros:
-                codes.append(ZERO)
-                continue
-            size = len(self._compress(cluster))
-            codes.append(size if size <= MAX_PACKED else STORED)
-        return codes
+    def packed(self, piece: bytes) -> List[Optional[bytes]]:
+        """Each cluster compressed.
 
-    def packed(self, piece: bytes) -> List[bytes]:
-        """Each cluster compressed (b'' for a zero or stored cluster)."""
-        out = []
+        None for a zero cluster, b'' for one stored as it is.
+        """
+        out: List[Optional[bytes]] = []
         for cluster in self._clusters(piece):
             if cluster == self._zeros:
-                out.append(b'')
+                out.append(None)
                 continue
             data = self._compress(cluster)
-            out.append(data if len(data) <= MAX_PACKED else b'')
+            out.append(data if len(data) <= self._max_packed else b'')
         return out
+
+    def codes(self, piece: bytes) -> List[int]:
+        """Each cluster's code: ZERO, STORED or its compressed size."""
+        return [ZERO if data is None else len(data) or STORED
+                for data in self.packed(piece)]

@@ -43,8 +43,7 @@ ZERO_BLOCK = hashlib.sha256(bytes(BLOCK)).digest()
 SHA256_PROPERTY = image_properties.DIGEST_PROPERTY
 TREE_PROPERTY = image_properties.TREE_DIGEST_PROPERTY
 
-# Reads a plan of (offset, length) pieces: nbd.Client.read_ahead.
-Reads = Callable[[Iterable[Tuple[int, int]]], Iterator[bytes]]
+Reads = nbd.Reads
 # Pieces read but not yet hashed, at most (4 MiB each from an export).
 HASH_BEHIND = 4
 
@@ -104,7 +103,8 @@ class ContentDigest:
         self._block = hashlib.sha256()
         self._block_fill = 0
         self._position = 0
-        self._data = [e for e in extents or () if not e.zero]
+        self._data = collections.deque(e for e in extents or ()
+                                       if not e.zero)
         self._hasher = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix='digest')
         self._pending: collections.deque = collections.deque()
@@ -119,7 +119,8 @@ class ContentDigest:
         self._behind(self._hash_data, data)
 
     def _zeros(self, length: int) -> None:
-        self._behind(self._hash_zero_run, length)
+        if length:
+            self._behind(self._hash_zero_run, length)
 
     def _hash_data(self, data: bytes) -> None:
         if self._hash is not None:
@@ -172,7 +173,7 @@ class ContentDigest:
                 start += n
             if end > offset:
                 break
-            self._data.pop(0)
+            self._data.popleft()
             position = max(position, end)
         return pieces
 
@@ -207,12 +208,19 @@ class ContentDigest:
             self._position = offset + len(data)
             yield data
 
+    def close(self) -> None:
+        """End the hashing thread; what is still queued is dropped."""
+        self._hasher.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
     def result(self) -> Digests:
         """The digests, once everything was read."""
-        self._skip_to(self._size)
-        while self._pending:
-            self._pending.popleft().result()
-        self._hasher.shutdown()
+        try:
+            self._skip_to(self._size)
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self.close()
         if self._blocks is not None and self._block_fill:
             self._end_block()
         blocks = bytes(self._blocks) if self._blocks is not None else None

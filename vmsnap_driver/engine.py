@@ -7,6 +7,7 @@ own driver and by the Nova driver subclass: they differ only in where the
 options live and how images are reached (``images``).
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -260,8 +261,9 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
                    link: Optional[snapshot_chains.Link]) -> digest.Digests:
     """Encode the export front to back, straight into Glance.
 
-    Compressed, the export is read twice: once to size every compressed
-    cluster (the digests are computed on that pass), once to send.
+    Compressed, the export is read again: a sample, then once to size
+    every compressed cluster (the digests are computed on that pass), then
+    to send.
 
     The content digests are computed as the data streams, so they are
     known only once the upload is done: they are added to the image then.
@@ -274,7 +276,8 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
     chained = link is not None and link.checkpoint is not None
     codec = image_stream.codec(compress)
     with nbd.Client(view.nbd_socket, view.nbd_export,
-                    dirty_bitmap=view.dirty_bitmap) as client:
+                    dirty_bitmap=view.dirty_bitmap) as client, \
+            contextlib.ExitStack() as cleanup:
         extents = client.extents()
         if view.dirty_bitmap:
             changed = client.dirty()
@@ -286,6 +289,8 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
         else:
             content = digest.ContentDigest(client.read_ahead, client.size,
                                            extents, tree=chained)
+            # Its hashing thread ends with the upload, whatever happens.
+            cleanup.callback(content.close)
             encoded = image_stream.ENCODERS[image_format](
                 client.size, extents, content.reads, codec,
                 client.read_ahead)

@@ -110,7 +110,7 @@ class ImageService:
             raise exception.GlanceUnavailable(
                 reason=str(e) or type(e).__name__)
         except (glance_exc.HTTPUnauthorized, glance_exc.HTTPForbidden,
-                ks_exc.Unauthorized) as e:
+                ks_exc.Unauthorized, ks_exc.Forbidden) as e:
             raise exception.GlanceRefused(
                 action=action, image_id=image_id,
                 reason='%s; check the [glance] credentials' % e)
@@ -287,9 +287,9 @@ class ImageService:
         patch = [{'op': 'add', 'path': '/' + key.replace(
             '~', '~0').replace('/', '~1'), 'value': value}
             for key, value in sorted(properties.items())]
-        url = '%s/v2/images/%s' % (self._endpoint(), image_id)
         self._retried('update', image_id, lambda: self._adapter.patch(
-            url, json=patch, headers={'Content-Type': PATCH_TYPE}))
+            '%s/v2/images/%s' % (self._endpoint(), image_id), json=patch,
+            headers={'Content-Type': PATCH_TYPE}))
 
     def list(self, **filters: str) -> List[dict]:
         """Every image matching ``filters`` (properties too), all pages."""

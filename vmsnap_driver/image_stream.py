@@ -32,7 +32,7 @@ import queue
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from oslo_log import log as logging
 
@@ -64,9 +64,7 @@ INCOMPAT_COMPRESSION = 1 << 3
 PIECE = 4 * 1024 * 1024
 ZEROS = bytes(PIECE)
 
-# Reads a plan of (offset, length) pieces, in order: an NBD client's
-# read_ahead, or a digest watching it.
-Reads = Callable[[Iterable[Tuple[int, int]]], Iterator[bytes]]
+Reads = nbd.Reads
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -122,6 +120,7 @@ def raw(virtual_size: int, extents: List[nbd.Extent], reads: Reads,
     """Every byte of the disk; zero runs are produced without reading.
 
     :param codec: must be None: a raw image has nothing to compress into.
+    :param rereads: unused; the encoders share one signature.
     """
     if codec is not None:
         raise ValueError('a raw image cannot be compressed')
@@ -386,8 +385,8 @@ def _worth_packing(runs: Runs, virtual_size: int, reads: Reads,
     pieces = list(_pieces(runs, virtual_size))
     if len(pieces) <= cluster_codec.SAMPLE_PIECES:
         return True
-    step = len(pieces) // cluster_codec.SAMPLE_PIECES
-    sample = pieces[::step][:cluster_codec.SAMPLE_PIECES]
+    sample = [pieces[i * len(pieces) // cluster_codec.SAMPLE_PIECES]
+              for i in range(cluster_codec.SAMPLE_PIECES)]
     before = after = 0
     for codes in cluster_codec.ordered_map(
             codec.codes, reads(sample),
@@ -440,6 +439,8 @@ def qcow2(virtual_size: int, extents: List[nbd.Extent], reads: Reads,
         the disk again, out of order.
     """
     _check_sectors(virtual_size, extents)
+    if codec is not None and rereads is None:
+        raise ValueError('compressing reads the disk again: rereads needed')
     runs = _cluster_runs(extents)
     return _qcow2(virtual_size, runs, [], _placement(
         runs, virtual_size, reads, codec, rereads))
@@ -560,6 +561,7 @@ class Prefetcher:
         self._buffer = memoryview(b'')
         self._item = b''
         self._stopped = threading.Event()
+        self._chunks = chunks
         self._thread = threading.Thread(target=self._produce, args=(chunks,),
                                         name='image-stream', daemon=True)
         self._thread.start()
@@ -619,7 +621,11 @@ class Prefetcher:
         return bytes(out)
 
     def close(self) -> None:
-        """Stop the producer and wait for it: it may hold a connection."""
+        """Stop the producer and wait for it: it may hold a connection.
+
+        The chunks' generator is closed too, so that what it holds (reads
+        in flight, compression threads) ends now, not when it is collected.
+        """
         self._stopped.set()
         while self._thread.is_alive():
             try:
@@ -627,3 +633,7 @@ class Prefetcher:
             except queue.Empty:
                 pass
         self._thread.join()
+        close = getattr(self._chunks, 'close', None)
+        if close is not None:
+            close()
+        self._error = None

@@ -18,9 +18,13 @@ import collections
 import dataclasses
 import socket
 import struct
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from vmsnap_driver import exception
+
+# What reads a plan of (offset, length) pieces, in order, and hands over
+# their bytes: Client.read_ahead, or something watching it.
+Reads = Callable[[Iterable[Tuple[int, int]]], Iterator[bytes]]
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -373,15 +377,24 @@ class Client:
         except GeneratorExit:
             # Left early: the replies still due must be taken off the
             # connection, or they would be read as answers to what follows.
-            while self._reads:
-                self._receive()
+            try:
+                while self._reads:
+                    self._receive()
+            except BaseException:
+                self._abandon()
+                raise
             raise
         except BaseException:
-            # Failed mid-reply: what comes next on the connection cannot be
-            # told apart, so nothing more is asked on it.
-            self._reads.clear()
-            self._sock.close()
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """Nothing more is asked on a connection that failed mid-reply.
+
+        What comes next on it could not be told apart from an answer.
+        """
+        self._reads.clear()
+        self._sock.close()
 
     def read(self, offset: int, length: int) -> bytearray:
         """The bytes, in a new buffer (not copied again into ``bytes``)."""
@@ -408,6 +421,8 @@ class Client:
         Every negotiated context answers each request; the chunks of the
         others are skipped.
         """
+        if self._reads:
+            raise self._error('block status asked while reads are in flight')
         context_id = self._contexts[context]
         known = set(self._contexts.values())
         extents: List[Extent] = []

@@ -51,10 +51,14 @@ snapshot_opts = [
                help='Disk format of the image uploaded to Glance.'),
     cfg.BoolOpt('snapshot_compression',
                 default=False,
-                help='Compress qcow2 snapshot images (qemu-img convert -c, '
-                     'into a full copy in snapshots_directory before the '
-                     'upload). Smaller uploads, more CPU time. Ignored for '
-                     'raw.'),
+                help='Compress qcow2 snapshot images. A snapshot read '
+                     'through the backup API is compressed as it streams '
+                     'into Glance, on every core, reading the disk twice; '
+                     'block copy and cold snapshots without the backup API '
+                     'compress with qemu-img convert -c into a full copy in '
+                     'snapshots_directory first. Smaller images, more CPU '
+                     'time: on two cores, slower than uncompressed. Ignored '
+                     'for raw.'),
     cfg.StrOpt('snapshot_compression_type',
                default='zlib',
                choices=[

@@ -105,13 +105,22 @@ def test_memory_snapshot_then_rebuild_resumes_at_the_snapshot(
 
 
 def test_rebuild_without_memory_boots_from_the_snapshot_disks(
-        service, agent_guest, glance):
-    svc = service()
+        service, agent_guest, glance, workroot):
+    """The snapshot is a compressed one: a guest boots from it too."""
+    svc = service(libvirt={'snapshot_compression': True,
+                           'snapshot_compression_type': 'zstd'})
     guest = agent_guest
     xml = guest.inactive_xml()
     backing = guest.disk['backing']
     image_id, _window = _snapshot(svc, guest, 'disk-only')
     assert 'vmsnap_memory_image' not in glance.images.get(image_id)
+    stored = checks.download(glance, image_id,
+                             os.path.join(workroot, image_id + '.qcow2'))
+    check = json.loads(subprocess.run(
+        ['qemu-img', 'check', '--output=json', stored], check=True,
+        capture_output=True, text=True).stdout)
+    assert check['compressed-clusters'] > 0
+    os.unlink(stored)
     _write_marker(guest)
     svc.rebuild(guest, image_id)
     assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
