@@ -18,7 +18,8 @@ import collections
 import dataclasses
 import socket
 import struct
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import (Callable, Container, Dict, Iterable, Iterator, List,
+                    Optional, Tuple)
 
 from vmsnap_driver import exception
 
@@ -233,30 +234,40 @@ class Client:
             raise self._error('the connection failed: %s' % e)
         return self._handle
 
+    def _next_chunk(self, known: Container[int]) -> Tuple[int, int, int,
+                                                          int]:
+        """(flags, type, handle, payload length) of the next reply chunk.
+
+        The reply must answer a request in ``known``; an error it carries
+        is raised.  A simple reply without error comes as a last chunk of
+        type NONE, with no payload.
+        """
+        magic = struct.unpack('>I', self._recv(4))[0]
+        if magic == SIMPLE_REPLY_MAGIC:
+            error, handle = struct.unpack('>IQ', self._recv(12))
+            flags, rtype, length = REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0
+        elif magic == STRUCTURED_REPLY_MAGIC:
+            flags, rtype, handle, length = struct.unpack('>HHQI',
+                                                         self._recv(16))
+            error = 0
+        else:
+            raise self._error('bad reply magic %#x' % magic)
+        if handle not in known:
+            raise self._error('reply for an unknown request')
+        if error:
+            raise self._error('request failed with errno %d' % error)
+        if rtype & REPLY_TYPE_ERROR_BIT:
+            payload = self._recv(length)
+            error, msg_len = struct.unpack('>IH', payload[:6])
+            raise self._error('request failed with errno %d: %s'
+                              % (error, payload[6:6 + msg_len].decode(
+                                  errors='replace')))
+        return flags, rtype, handle, length
+
     def _chunks(self, handle: int) -> Iterator[tuple]:
-        """(type, header-less payload reader) of each reply chunk."""
+        """(type, payload length) of each chunk of one request's reply."""
         while True:
-            magic = struct.unpack('>I', self._recv(4))[0]
-            if magic == SIMPLE_REPLY_MAGIC:
-                error, got = struct.unpack('>IQ', self._recv(12))
-                if got != handle:
-                    raise self._error('reply for an unknown request')
-                if error:
-                    raise self._error('request failed with errno %d'
-                                      % error)
-                return
-            if magic != STRUCTURED_REPLY_MAGIC:
-                raise self._error('bad reply magic %#x' % magic)
-            flags, rtype, got, length = struct.unpack('>HHQI',
-                                                      self._recv(16))
-            if got != handle:
-                raise self._error('reply for an unknown request')
-            if rtype & REPLY_TYPE_ERROR_BIT:
-                payload = self._recv(length)
-                error, msg_len = struct.unpack('>IH', payload[:6])
-                raise self._error('request failed with errno %d: %s'
-                                  % (error, payload[6:6 + msg_len].decode(
-                                      errors='replace')))
+            flags, rtype, _handle, length = self._next_chunk((handle,))
             yield rtype, length
             if flags & REPLY_FLAG_DONE:
                 return
@@ -288,29 +299,9 @@ class Client:
         cover it exactly: a server that answers otherwise would leave
         stale bytes in the image unnoticed.
         """
-        magic = struct.unpack('>I', self._recv(4))[0]
-        if magic == SIMPLE_REPLY_MAGIC:
-            error, handle = struct.unpack('>IQ', self._recv(12))
-            if handle not in self._reads:
-                raise self._error('reply for an unknown request')
-            if error:
-                raise self._error('request failed with errno %d' % error)
-            raise self._error('a read was answered without structured '
-                              'replies')
-        if magic != STRUCTURED_REPLY_MAGIC:
-            raise self._error('bad reply magic %#x' % magic)
-        flags, rtype, handle, chunk_length = struct.unpack(
-            '>HHQI', self._recv(16))
-        read = self._reads.get(handle)
-        if read is None:
-            raise self._error('reply for an unknown request')
+        flags, rtype, handle, chunk_length = self._next_chunk(self._reads)
+        read = self._reads[handle]
         length = len(read.view)
-        if rtype & REPLY_TYPE_ERROR_BIT:
-            payload = self._recv(chunk_length)
-            error, msg_len = struct.unpack('>IH', payload[:6])
-            raise self._error('request failed with errno %d: %s'
-                              % (error, payload[6:6 + msg_len].decode(
-                                  errors='replace')))
         if rtype == REPLY_TYPE_OFFSET_DATA:
             start = struct.unpack('>Q', self._recv(8))[0] - read.offset
             size = chunk_length - 8
