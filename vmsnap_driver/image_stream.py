@@ -71,19 +71,17 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _zeros(length: int) -> Iterator[bytes]:
-    while length > 0:
-        n = min(length, PIECE)
-        yield ZEROS[:n]
-        length -= n
-
-
 def _spans(offset: int, end: int) -> Iterator[Tuple[int, int]]:
     """[offset, end) in pieces of PIECE at most."""
     while offset < end:
         n = min(end - offset, PIECE)
         yield offset, n
         offset += n
+
+
+def _zeros(length: int) -> Iterator[bytes]:
+    for _offset, n in _spans(0, length):
+        yield ZEROS[:n]
 
 
 @dataclasses.dataclass(frozen=True)
