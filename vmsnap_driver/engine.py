@@ -46,7 +46,6 @@ KIND = 'snapshot'
 IMAGE_PENDING_UPLOAD = 'image_pending_upload'
 IMAGE_UPLOADING = 'image_uploading'
 
-DIGEST_PROPERTY = image_properties.DIGEST_PROPERTY
 # The request property that asks for (or against) the memory state.
 MEMORY_REQUEST_PROPERTY = 'vmsnap_memory'
 
@@ -220,9 +219,8 @@ class SnapshotEngine:
             update_task_state(task_state=IMAGE_UPLOADING,
                               expected_state=IMAGE_PENDING_UPLOAD)
         for disk, flat, properties in flats:
-            sha256 = digest.of_file(flat, fmt)
-            found[disk.target] = digest.Digests(sha256, None, None)
-            properties[DIGEST_PROPERTY] = sha256
+            found[disk.target] = digest.of_snapshot_file(flat, fmt)
+            properties.update(found[disk.target].properties())
             with open(flat, 'rb') as data:
                 images.upload(group.image_id(disk), data,
                               os.path.getsize(flat), fmt, properties)
@@ -269,7 +267,8 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
     known only once the upload is done: they are added to the image then.
     An incremental export is encoded as a delta of what changed, and its
     tree digest is the parent's with the changed blocks re-hashed; an
-    image of a chain also gets the tree digest.
+    image of a chain also gets the tree digest, and so does a mostly
+    empty disk instead of the plain one (see :mod:`digest`).
 
     :param link: the snapshot's place in a chain, for the boot disk.
     """
@@ -287,8 +286,8 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
                 digest.of_delta, client.read_ahead, client.size, extents,
                 changed, link.parent_blocks)
         else:
-            content = digest.ContentDigest(client.read_ahead, client.size,
-                                           extents, tree=chained)
+            content = digest.for_snapshot(client.read_ahead, client.size,
+                                          extents, chained)
             # Its hashing thread ends with the upload, whatever happens.
             cleanup.callback(content.close)
             encoded = image_stream.ENCODERS[image_format](

@@ -44,11 +44,13 @@ it was taken, so that whoever restores it knows what they hold:
 ``vmsnap_content_sha256``
     sha256 of the virtual disk's raw content (every byte, zeros included),
     whatever the image's format or layout: ``vmsnap verify`` checks an
-    image, or anything restored from it, against it.
+    image, or anything restored from it, against it.  Not on a mostly
+    empty disk, whose zeros would cost more to hash than its data to
+    upload.
 ``vmsnap_content_tree_sha256``
-    On images of a chain: sha256 of the sha256 digests of each 1 MiB
-    block of the virtual disk.  A delta carries only this one (see
-    :mod:`vmsnap_driver.digest`).
+    On images of a chain and of mostly empty disks: sha256 of the sha256
+    digests of each 1 MiB block of the virtual disk.  A delta carries only
+    this one (see :mod:`vmsnap_driver.digest`).
 ``vmsnap_version``
     The vmsnap release that took it.
 """

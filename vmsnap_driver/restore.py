@@ -51,7 +51,6 @@ from vmsnap_driver import workspace
 LOG = logging.getLogger(__name__)
 
 KIND = 'revert'
-DIGEST_PROPERTY = image_properties.DIGEST_PROPERTY
 SAFETY_FILE = 'before-revert.save'
 
 Progress = Callable[[int], None]
@@ -177,7 +176,7 @@ def _check_snapshot(image: dict, instance_uuid: str, refuse) -> None:
                % image['id'])
     if not digest.recorded(image)[0] or not image.get('vmsnap_source_disk'):
         refuse('image %s was not taken by vmsnap (it has no %s)'
-               % (image['id'], DIGEST_PROPERTY))
+               % (image['id'], digest.RECORDED))
 
 
 class Revert:

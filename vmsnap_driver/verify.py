@@ -23,13 +23,10 @@ from vmsnap_driver import chains
 from vmsnap_driver import digest
 from vmsnap_driver import exception
 from vmsnap_driver import glance
-from vmsnap_driver import image_properties
 from vmsnap_driver import image_safety
 from vmsnap_driver import memory_image
 from vmsnap_driver import progress
 from vmsnap_driver import qemu_img
-
-DIGEST_PROPERTY = image_properties.DIGEST_PROPERTY
 
 
 @dataclasses.dataclass
@@ -101,7 +98,7 @@ def verify(images: glance.ImageService, image_id: str,
         elif not expected:
             checks.append(Check('content sha256', False,
                                 'the image has no %s property: it was not '
-                                'taken by vmsnap' % DIGEST_PROPERTY))
+                                'taken by vmsnap' % digest.RECORDED))
         else:
             if chains.is_delta(image):
                 path = _rebuild_chain(images, image, directory, checks)

@@ -95,3 +95,40 @@ def test_the_tree_digest_is_updated_from_the_changed_blocks_alone():
                                  [nbd.Extent(0, size, False)],
                                  tree=True).result()
     assert updated.tree == whole.tree
+
+
+def test_a_mostly_empty_disk_records_the_tree_digest_not_the_plain_one():
+    """Hashing every zero byte of it would cost more than its upload."""
+    data = 8 * MIB
+    free = digest.PLAIN_FREE_ZEROS
+
+    def extents(zeros):
+        return [nbd.Extent(0, data, False), nbd.Extent(data, zeros, True)]
+    for zeros, plain in ((free, True), (free + MIB, False),
+                         (2 * free, False)):
+        assert digest.plain_pays(data + zeros, extents(zeros)) is plain
+    # With as much data as zeros, the plain sha256 pays at any size.
+    assert digest.plain_pays(2 * (free + MIB), [
+        nbd.Extent(0, free + MIB, False),
+        nbd.Extent(free + MIB, free + MIB, True)])
+
+    disk = bytearray(os.urandom(data))
+    size = data + free + MIB
+
+    def read(offset, length):
+        if offset + length > data:
+            raise AssertionError('the zero run was read')
+        return bytes(disk[offset:offset + length])
+    found = digest.for_snapshot(planned(read), size,
+                                extents(free + MIB), chained=False).result()
+    assert found.sha256 is None
+    blocks = b''.join(hashlib.sha256(disk[o:o + MIB]).digest()
+                      for o in range(0, data, MIB)) + (
+        digest.ZERO_BLOCK * ((free + MIB) // MIB))
+    assert found.tree == hashlib.sha256(blocks).hexdigest()
+    assert found.properties() == {digest.TREE_PROPERTY: found.tree}
+    # A disk that pays gets the plain one, and the tree only when chained.
+    small = digest.for_snapshot(planned(read), data, extents(0)[:1],
+                                chained=False).result()
+    assert small.sha256 == hashlib.sha256(disk).hexdigest()
+    assert small.tree is None

@@ -9,6 +9,7 @@ import pytest
 
 from vmsnap_driver.capture import base
 from vmsnap_driver import config
+from vmsnap_driver import digest
 from vmsnap_driver import driver as driver_mod
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
@@ -70,8 +71,8 @@ def steps(tmp_path):
             mock.patch('vmsnap_driver.capture.get',
                        return_value=Strategy()), \
             mock.patch.object(qemu_img, 'info', return_value=CHAIN), \
-            mock.patch('vmsnap_driver.digest.of_file',
-                       return_value='d' * 64), \
+            mock.patch('vmsnap_driver.digest.of_snapshot_file',
+                       return_value=digest.Digests('d' * 64, None, None)), \
             mock.patch.object(qemu_img, 'convert', side_effect=flatten):
         yield types.SimpleNamespace(log=log, images=images, guest=guest)
     conf.reset()
