@@ -518,12 +518,13 @@ def rebuild(images: Any, chain: List[dict], workdir: str,
     """A point (its :func:`lineage`) as one file, proven; and its digests.
 
     The file holds the point's whole disk, in its full image's format,
-    and both digests are computed, so that it can stand as a full image.
+    with the digests a full image of it records.
     """
     image = chain[-1]
     flat = assemble(images, chain, workdir, progress)
-    digests = digest.both_of_file(flat, image['disk_format'], untrusted=True)
     expected, tree = digest.recorded(image)
+    digests = digest.of_point_file(flat, image['disk_format'],
+                                   untrusted=True, plain=not tree)
     actual = digests.tree if tree else digests.sha256
     if actual != expected:
         raise exception.ImageCorrupt(

@@ -384,7 +384,16 @@ def of_file(path: str, image_format: str, untrusted: bool = False,
     return found.tree if tree else found.sha256
 
 
-def both_of_file(path: str, image_format: str,
-                 untrusted: bool = False) -> Digests:
-    """Both digests of an image file, in one read."""
-    return _of_file(path, image_format, untrusted, True, True)
+def of_point_file(path: str, image_format: str, untrusted: bool = False,
+                  plain: bool = False) -> Digests:
+    """What a full image of a chain's point records, in one read.
+
+    The tree digest, and the plain sha256 when it pays or when ``plain``
+    asks for it (it is the one to prove).
+    """
+    with _served(path, image_format, untrusted) as client:
+        extents = client.extents()
+        return ContentDigest(
+            client.read_ahead, client.size, extents,
+            plain=plain or plain_pays(client.size, extents),
+            tree=True).result()
