@@ -219,6 +219,10 @@ class ContentDigest:
             self._feed(data)
             self._position = offset + len(data)
             yield data
+        if not any(e.offset + e.length > self._position for e in self._data):
+            # No data left: the zeros to the end are hashed while the
+            # upload drains, not once it is done.
+            self._skip_to(self._size, reading=False)
 
     def close(self) -> None:
         """End the hashing thread; what is still queued is dropped."""

@@ -60,8 +60,10 @@ def steps(tmp_path):
             f.write(b'flat image')
 
     images = mock.Mock()
+    # As Nova's API creates it: some properties are there already.
     images.check_queued.side_effect = lambda i: log.append(
-        'check image') or {'id': i, 'name': 'snap'}
+        'check image') or {'id': i, 'name': 'snap', 'image_type': 'snapshot',
+                           'instance_uuid': 'stale'}
     images.upload.side_effect = lambda *a: log.append('upload')
     with mock.patch.object(host_mod.Host, 'get_guest', return_value=guest), \
             mock.patch.object(host_mod.Host, 'capabilities', return_value=(
@@ -94,6 +96,9 @@ def test_steps_run_in_order_with_task_states(steps):
     image_id, data, size, fmt, props = steps.images.upload.call_args[0]
     assert (image_id, size, fmt) == ('img', len(b'flat image'), 'qcow2')
     assert props['vmsnap_mode'] == 'live'
+    # Only what changes is sent: Glance checks each property on its own.
+    assert 'image_type' not in props
+    assert props['instance_uuid'] == INSTANCE.uuid
     assert props['vmsnap_content_sha256'] == 'd' * 64
     assert props['vmsnap_consistency'] == 'filesystem-frozen'
     assert float(props['vmsnap_freeze_seconds']) < 1
