@@ -80,8 +80,12 @@ def main() -> None:
     write_s = timed_write(scratch, args.size, piece)
     md5_s = timed_hash('md5', args.size, piece)
     hash_s = timed_hash(args.hashing_algorithm, args.size, piece)
+    bench.random_file(scratch, args.size)
     bench.settle(args.settle)
-    put_s = bench.timed_upload(args.glance, scratch, args.size)
+    try:
+        put_s = bench.timed_upload(args.glance, scratch)
+    finally:
+        os.unlink(scratch)
     bound = write_s + md5_s + hash_s
     figures = {'size': args.size, 'write_s': write_s, 'md5_s': md5_s,
                'hash_s': hash_s, 'bound_s': bound, 'put_s': put_s}

@@ -39,7 +39,8 @@ seconds after the drop, so that none inherits another's freshly freed
 memory), bytes uploaded, the CPU seconds
 and the peak RSS of the process doing the snapshot (its qemu-img children
 included; not Glance's or QEMU's).  It also measures the floor: reading
-the allocated data once plus uploading an image of that size once.  Every
+the allocated data once plus uploading, with curl, the image vmsnap live
+produced, read from storage (the bare upload; "x upload").  Every
 image is compared with the guest's disk (qemu-img compare) before it
 counts.
 
@@ -290,33 +291,34 @@ def settle(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def timed_upload(glance: str, scratch: str, size: int) -> float:
-    """Seconds one PUT of ``size`` random bytes into Glance takes.
-
-    The cheapest client we know: curl sends a file already in the page
-    cache, with a Content-Length, in large pieces and with little CPU;
-    requests sends 8 KiB at a time, on the same two cores as Glance.
-    """
-    with open(scratch, 'wb') as f:
+def random_file(path: str, size: int) -> None:
+    with open(path, 'wb') as f:
         for _ in range(size // (64 * MIB)):
             f.write(os.urandom(64 * MIB))
         f.write(os.urandom(size % (64 * MIB)))
+
+
+def timed_upload(glance: str, path: str) -> float:
+    """Seconds one PUT of the file at ``path`` into Glance takes.
+
+    The cheapest client we know: curl sends the file with a
+    Content-Length, in large pieces and with little CPU; requests sends
+    8 KiB at a time, on the same two cores as Glance.  Drop the page cache
+    first (settle()) to read the file from storage.
+    """
+    image = requests.post('%s/v2/images' % glance, json={
+        'name': 'bench upload', 'disk_format': 'raw',
+        'container_format': 'bare'})
+    image.raise_for_status()
+    url = '%s/v2/images/%s' % (glance, image.json()['id'])
     try:
-        image = requests.post('%s/v2/images' % glance, json={
-            'name': 'bench upload', 'disk_format': 'raw',
-            'container_format': 'bare'})
-        image.raise_for_status()
-        url = '%s/v2/images/%s' % (glance, image.json()['id'])
-        try:
-            started = time.monotonic()
-            subprocess.run(['curl', '-sSf', '-o', '/dev/null', '-T', scratch,
-                            '-H', 'Content-Type: application/octet-stream',
-                            url + '/file'], check=True)
-            return time.monotonic() - started
-        finally:
-            requests.delete(url)
+        started = time.monotonic()
+        subprocess.run(['curl', '-sSf', '-o', '/dev/null', '-T', path,
+                        '-H', 'Content-Type: application/octet-stream',
+                        url + '/file'], check=True)
+        return time.monotonic() - started
     finally:
-        os.unlink(scratch)
+        requests.delete(url)
 
 
 def _children_cpu() -> float:
@@ -549,6 +551,10 @@ class Bench:
             printed = json.loads(out.strip().splitlines()[-1])
             wall = printed['snapshot_s']
             self.verify(image_id, image['disk_format'], guest)
+            if method == 'vmsnap-live':
+                # The floor uploads the very image vmsnap produced.
+                shutil.copyfile(os.path.join(GLANCE_STORE, image_id),
+                                self.produced(data))
         finally:
             self.glance.images.delete(image_id)
             shutil.rmtree(state, ignore_errors=True)
@@ -580,8 +586,17 @@ class Bench:
             raise AssertionError('image %s differs from the guest disk: %s'
                                  % (image_id, result.stdout + result.stderr))
 
+    def produced(self, data: int) -> str:
+        """Where the last image vmsnap live produced is kept for the floor."""
+        return os.path.join(self.root, 'produced-%d.img' % data)
+
     def floor(self, guest, data: int, image_size: int) -> dict:
-        """Read the allocated data once; upload an image that size once."""
+        """Read the allocated data once; upload vmsnap's image once.
+
+        The image vmsnap live produced last (or random bytes of that size),
+        read from storage: the page cache is dropped before the upload, as
+        before every snapshot.
+        """
         from vmsnap_driver import qemu_img
         settle(self.args.settle)
         chain = qemu_img.info(guest.disk['path'], 'qcow2', force_share=True)
@@ -606,9 +621,14 @@ class Bench:
         read_s = time.monotonic() - started
         for f in files.values():
             f.close()
-        upload_s = timed_upload(self.args.glance,
-                                os.path.join(self.root, 'upload.bin'),
-                                image_size)
+        produced = self.produced(data)
+        if not os.path.exists(produced):
+            random_file(produced, image_size)
+        settle(self.args.settle)
+        try:
+            upload_s = timed_upload(self.args.glance, produced)
+        finally:
+            os.unlink(produced)
         assert read >= guest.disk['data_bytes'], (read, guest.disk)
         floor = {'data_bytes': data, 'read_s': read_s,
                  'upload_s': upload_s, 'floor_s': read_s + upload_s}
