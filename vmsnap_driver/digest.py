@@ -23,7 +23,9 @@ SHA-NI).  On a mostly empty disk, as cloud guests' root disks are, that
 is more work than uploading the data: a 16 GiB disk holding 1 GiB took
 21.1 s to snapshot, against 6.4 s for a bare upload of its image.  So a
 full snapshot records the plain sha256 only where its zeros cost no more
-than its data (see :func:`plain_pays`), and the tree digest otherwise.
+than its data (see :func:`plain_pays`), and the tree digest otherwise;
+``plain_content_digest = always`` records it on every image, whatever it
+costs.
 """
 
 import collections
@@ -258,13 +260,15 @@ def plain_pays(size: int, extents: Iterable[nbd.Extent]) -> bool:
 
 
 def for_snapshot(reads: Reads, size: int, extents: List[nbd.Extent],
-                 chained: bool) -> ContentDigest:
+                 chained: bool, always_plain: bool = False) -> ContentDigest:
     """The digests a full snapshot records (see the module doc).
 
     :param chained: the snapshot starts or continues a chain: its block
         digests are kept for the next delta.
+    :param always_plain: the plain sha256 whatever it costs
+        (``plain_content_digest = always``).
     """
-    plain = plain_pays(size, extents)
+    plain = always_plain or plain_pays(size, extents)
     if not plain:
         LOG.info('The disk is mostly empty (%(size)d MiB, %(data)d MiB of '
                  'data): its snapshot records %(tree)s, not %(plain)s, '
@@ -331,15 +335,17 @@ def recorded(image: dict) -> Tuple[Optional[str], bool]:
 
 def of_delta(reads: Reads, size: int, extents: List[nbd.Extent],
              changed: List[nbd.Extent],
-             base: Optional[bytes]) -> Digests:
+             base: Optional[bytes], plain: bool = False) -> Digests:
     """A delta's digests, from the blocks that ``changed``.
 
-    ``base`` is its parent's block digests; without them the whole disk
-    is read, and both digests are recorded.
+    ``base`` is its parent's block digests; without them, or when the
+    ``plain`` sha256 is asked for, the whole disk is read, and both
+    digests are recorded.
     """
     if base is None:
         LOG.warning('The parent\'s block digests are not on this host: the '
                     'whole disk is read for the delta\'s digests')
+    if base is None or plain:
         return ContentDigest(reads, size, extents, tree=True).result()
     return update_blocks(base, size, blocks_of(changed), extents, reads)
 
@@ -367,11 +373,12 @@ def _of_file(path: str, image_format: str, untrusted: bool, plain: bool,
         return of_export(client, plain, tree)
 
 
-def of_snapshot_file(path: str, image_format: str) -> Digests:
+def of_snapshot_file(path: str, image_format: str,
+                     always_plain: bool = False) -> Digests:
     """The digests a full snapshot records, of the image file it uploads."""
     with _served(path, image_format, False) as client:
         return for_snapshot(client.read_ahead, client.size,
-                            client.extents(), chained=False).result()
+                            client.extents(), False, always_plain).result()
 
 
 def of_file(path: str, image_format: str, untrusted: bool = False,

@@ -174,7 +174,8 @@ class SnapshotEngine:
             compress=compress, state=state, memory=memory,
             machine=guest.machine() if memory else {},
             domain_xml=guest.inactive_xml(),
-            streamed=strategy.exports_nbd(state))
+            streamed=strategy.exports_nbd(state),
+            always_plain=libvirt_conf.plain_content_digest == 'always')
 
     def _capture_and_upload(self, instance: Any, plan: '_Plan',
                             group: '_ImageGroup', workdir: str,
@@ -210,7 +211,8 @@ class SnapshotEngine:
                     found[disk.target] = _upload_export(
                         images, group.image_id(disk), view, fmt,
                         plan.compress, properties,
-                        plan.link if disk is plan.disks[0] else None)
+                        plan.link if disk is plan.disks[0] else None,
+                        plan.always_plain)
                 else:
                     flat = os.path.join(workdir, '%s.%s' % (disk.target,
                                                             fmt))
@@ -220,7 +222,8 @@ class SnapshotEngine:
             update_task_state(task_state=IMAGE_UPLOADING,
                               expected_state=IMAGE_PENDING_UPLOAD)
         for disk, flat, properties in flats:
-            found[disk.target] = digest.of_snapshot_file(flat, fmt)
+            found[disk.target] = digest.of_snapshot_file(
+                flat, fmt, plan.always_plain)
             properties.update(found[disk.target].properties())
             with open(flat, 'rb') as data:
                 images.upload(group.image_id(disk), data,
@@ -257,7 +260,8 @@ class SnapshotEngine:
 
 def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
                    image_format: str, compress: str, properties: dict,
-                   link: Optional[snapshot_chains.Link]) -> digest.Digests:
+                   link: Optional[snapshot_chains.Link],
+                   always_plain: bool = False) -> digest.Digests:
     """Encode the export front to back, straight into Glance.
 
     Compressed, the export is read again: a sample, then once to size
@@ -272,6 +276,7 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
     empty disk instead of the plain one (see :mod:`digest`).
 
     :param link: the snapshot's place in a chain, for the boot disk.
+    :param always_plain: record the plain sha256 whatever it costs.
     """
     chained = link is not None and link.checkpoint is not None
     codec = image_stream.codec(compress)
@@ -285,10 +290,10 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
                                                client.read_ahead, codec)
             digests = functools.partial(
                 digest.of_delta, client.read_ahead, client.size, extents,
-                changed, link.parent_blocks)
+                changed, link.parent_blocks, always_plain)
         else:
             content = digest.for_snapshot(client.read_ahead, client.size,
-                                          extents, chained)
+                                          extents, chained, always_plain)
             # Its hashing thread ends with the upload, whatever happens.
             cleanup.callback(content.close)
             encoded = image_stream.ENCODERS[image_format](
@@ -332,6 +337,8 @@ class _Plan:
     machine: dict
     # The definition at snapshot time, recorded for an export.
     domain_xml: str
+    # plain_content_digest = always: the plain sha256 whatever it costs.
+    always_plain: bool
 
     def upload_bytes(self) -> int:
         """The most this snapshot uploads: its disks' data, its memory."""

@@ -103,6 +103,24 @@ snapshot_opts = [
                      'property vmsnap_incremental=true|false, which wins '
                      'over this option. Whenever a delta cannot be trusted '
                      'the snapshot is full and vmsnap_mode_reason says why.'),
+    cfg.StrOpt('plain_content_digest',
+               default='auto',
+               choices=[
+                   ('auto', 'Where it costs little: a full snapshot whose '
+                            'zero runs are no larger than its data, or '
+                            'under 1 GiB. A delta and a mostly empty disk '
+                            'record the tree digest only.'),
+                   ('always', 'On every image: a delta reads the whole '
+                              'disk again from the backup export after its '
+                              'upload, a mostly empty disk hashes every '
+                              'zero byte.'),
+               ],
+               help='When an image records vmsnap_content_sha256, the '
+                    'sha256 of its virtual disk\'s raw content (what '
+                    '"qemu-img convert -O raw | sha256sum" gives), beside '
+                    'or instead of vmsnap_content_tree_sha256. vmsnap '
+                    'verifies either; the plain one costs hashing every '
+                    'byte of the virtual disk, zeros included.'),
     cfg.IntOpt('max_chain_length',
                default=7,
                min=1,

@@ -312,6 +312,31 @@ def test_a_failed_delta_leaves_the_chain_usable(
     glance.images.update(full, protected=False)
 
 
+def test_a_delta_records_the_plain_sha256_when_the_operator_asks(
+        conf, guest, glance, queued_image, workroot):
+    """plain_content_digest = always: the whole disk's sha256, read again."""
+    conf.set_override('incremental', True, group='libvirt')
+    conf.set_override('plain_content_digest', 'always', group='libvirt')
+    snapshots = engine.SnapshotEngine(
+        host_mod.Host(conf.libvirt.connection_uri), conf.libvirt,
+        conf.state_path)
+    images = glance_mod.ImageService(conf)
+    instance = checks.Instance(guest)
+    full = queued_image()
+    snapshots.take(instance, full, engine.no_task_state, images)
+    _write(guest, 'a.bin', 2)
+    delta = queued_image()
+    snapshots.take(instance, delta, engine.no_task_state, images)
+    image = glance.images.get(delta)
+    assert image['vmsnap_delta'] == 'true', image['vmsnap_mode_reason']
+    workdir = tempfile.mkdtemp(dir=workroot)
+    point = chains.assemble(images, chains.lineage(images, image), workdir)
+    found = digest.of_point_file(point, 'qcow2', plain=True)
+    assert image['vmsnap_content_sha256'] == found.sha256
+    assert image['vmsnap_content_tree_sha256'] == found.tree
+    glance.images.update(full, protected=False)
+
+
 def test_a_memory_snapshot_starts_a_chain_the_next_delta_continues(
         service, guest, glance, cleanup):
     svc = service()

@@ -95,6 +95,15 @@ def test_the_tree_digest_is_updated_from_the_changed_blocks_alone():
                                  [nbd.Extent(0, size, False)],
                                  tree=True).result()
     assert updated.tree == whole.tree
+    # plain_content_digest = always: the delta reads the whole disk for it.
+    reads.clear()
+    both = digest.of_delta(planned(read), size, [
+        nbd.Extent(0, MIB, False), nbd.Extent(MIB, MIB, False),
+        nbd.Extent(2 * MIB, MIB, True),
+        nbd.Extent(3 * MIB, size - 3 * MIB, False)],
+        [nbd.Extent(size - 100, 100, False)], base.blocks, plain=True)
+    assert both.sha256 == hashlib.sha256(new).hexdigest()
+    assert both.tree == whole.tree
 
 
 def test_a_mostly_empty_disk_records_the_tree_digest_not_the_plain_one():
@@ -132,3 +141,10 @@ def test_a_mostly_empty_disk_records_the_tree_digest_not_the_plain_one():
                                 chained=False).result()
     assert small.sha256 == hashlib.sha256(disk).hexdigest()
     assert small.tree is None
+    # Or every disk, when the operator asks for it whatever it costs.
+    forced = digest.for_snapshot(planned(lambda o, n: bytes(n) if o >= data
+                                         else bytes(disk[o:o + n])),
+                                 size, extents(free + MIB), chained=False,
+                                 always_plain=True).result()
+    assert forced.sha256 == hashlib.sha256(
+        bytes(disk) + bytes(free + MIB)).hexdigest()
