@@ -7,8 +7,9 @@ instant: its NBD export carries the bitmap of what changed, and
 :func:`vmsnap_driver.image_stream.qcow2_delta` uploads those clusters only,
 as a qcow2 with no backing reference (Glance refuses one).  Restoring a
 point means putting each delta back on its parent, from the full image up
-(:func:`assemble`); its ``vmsnap_content_sha256`` is of the whole disk, so
-the rebuilt disk is proven equal to the guest's at that instant.
+(:func:`assemble`); its content digest (the tree one, see
+:mod:`vmsnap_driver.digest`) is of the whole disk, so the rebuilt disk is
+proven equal to the guest's at that instant.
 
 A delta is trusted only when everything it rests on is: its parent image
 is active in Glance, the checkpoint is the one the parent recorded and its

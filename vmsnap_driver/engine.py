@@ -206,10 +206,9 @@ class SnapshotEngine:
                     properties.update(plan.link.properties())
                     properties.update(
                         domain_record.properties(plan.domain_xml))
-                properties = group.changes(disk, properties)
                 if plan.streamed:
                     found[disk.target] = _upload_export(
-                        images, group.image_id(disk), view, fmt,
+                        images, group.image(disk), view, fmt,
                         plan.compress, properties,
                         plan.link if disk is plan.disks[0] else None,
                         plan.always_plain)
@@ -217,17 +216,17 @@ class SnapshotEngine:
                     flat = os.path.join(workdir, '%s.%s' % (disk.target,
                                                             fmt))
                     _flatten(view, flat, fmt, plan.compress)
-                    flats.append((disk, flat, properties))
+                    flats.append((group.image(disk), flat, properties))
         if flats:
             update_task_state(task_state=IMAGE_UPLOADING,
                               expected_state=IMAGE_PENDING_UPLOAD)
-        for disk, flat, properties in flats:
+        for disk, (image, flat, properties) in zip(plan.disks, flats):
             found[disk.target] = digest.of_snapshot_file(
                 flat, fmt, plan.always_plain)
             properties.update(found[disk.target].properties())
             with open(flat, 'rb') as data:
-                images.upload(group.image_id(disk), data,
-                              os.path.getsize(flat), fmt, properties)
+                images.upload(image['id'], data, os.path.getsize(flat), fmt,
+                              properties, current=image)
         if plan.memory:
             self._upload_memory(plan, group, plan.strategy.memory, images)
         return found[plan.disks[0].target]
@@ -258,7 +257,7 @@ class SnapshotEngine:
                  instance_uuid=plan.guest.uuid)
 
 
-def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
+def _upload_export(images: Any, image: dict, view: capture_base.DiskView,
                    image_format: str, compress: str, properties: dict,
                    link: Optional[snapshot_chains.Link],
                    always_plain: bool = False) -> digest.Digests:
@@ -275,6 +274,7 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
     image of a chain also gets the tree digest, and so does a mostly
     empty disk instead of the plain one (see :mod:`digest`).
 
+    :param image: the image to fill, as last read.
     :param link: the snapshot's place in a chain, for the boot disk.
     :param always_plain: record the plain sha256 whatever it costs.
     """
@@ -302,14 +302,14 @@ def _upload_export(images: Any, image_id: str, view: capture_base.DiskView,
             digests = content.result
         body = image_stream.Prefetcher(encoded.chunks, encoded.size)
         try:
-            images.upload(image_id, body, encoded.size, image_format,
-                          properties)
+            images.upload(image['id'], body, encoded.size, image_format,
+                          properties, current=image)
         finally:
             body.close()
         # Whatever the encoder did not read is read for the digests now,
         # while the export still holds the disk at its instant.
         result = digests()
-    images.set_properties(image_id, result.properties())
+    images.set_properties(image['id'], result.properties())
     return result
 
 
@@ -415,9 +415,8 @@ class _ImageGroup:
                  record: Optional[journal.Record] = None) -> None:
         self._images = images
         self._record = journal.unrecorded(record)
-        self._ids = {disks[0].target: root_image['id']}
-        # What each image holds already, as Glance last answered.
-        self._held = {disks[0].target: root_image}
+        # Each disk's image, as Glance last answered.
+        self._disk_images = {disks[0].target: root_image}
         self._created = []
         self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
         self.memory_image_id = None
@@ -433,8 +432,7 @@ class _ImageGroup:
                     {'image_type': 'snapshot',
                      'instance_uuid': instance_uuid})
                 self._add(created['id'])
-                self._ids[disk.target] = created['id']
-                self._held[disk.target] = created
+                self._disk_images[disk.target] = created
         except Exception:
             self.delete_created()
             raise
@@ -444,14 +442,18 @@ class _ImageGroup:
         self._record.update(
             images=self._record.facts.get('images', []) + [image_id])
 
+    def image(self, disk: Any) -> dict:
+        return self._disk_images[disk.target]
+
     def image_id(self, disk: Any) -> str:
-        return self._ids[disk.target]
+        return self.image(disk)['id']
 
     def _others(self) -> str:
         """``target=image_id`` of the images vmsnap created."""
         return image_properties.group_value(
-            [(target, image_id) for target, image_id in self._ids.items()
-             if image_id in self._created])
+            [(target, image['id'])
+             for target, image in self._disk_images.items()
+             if image['id'] in self._created])
 
     def describe_others(self) -> str:
         others = self._others()
@@ -466,21 +468,10 @@ class _ImageGroup:
         if self._group:
             properties[image_properties.GROUP_ID_PROPERTY] = self._group
             properties['vmsnap_disk_target'] = disk.target
-            if self._ids[disk.target] not in self._created:
+            if self.image_id(disk) not in self._created:
                 properties[image_properties.GROUP_IMAGES_PROPERTY] = (
                     self._others())
         return properties
-
-    def changes(self, disk: Any, properties: dict) -> dict:
-        """What of ``properties`` the disk's image does not hold yet.
-
-        Glance validates each property a patch sets on its own (28 ms
-        each here, some 35 for a snapshot), and the image was created with
-        a number of them (Nova's API copies the base image's).
-        """
-        held = self._held[disk.target]
-        return {key: value for key, value in properties.items()
-                if held.get(key) != value}
 
     def delete_created(self) -> None:
         for image_id in self._created:

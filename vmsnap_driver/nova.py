@@ -15,7 +15,7 @@ Nova loads ``'nova.virt.' + compute_driver`` only, so the small
 which makes ``compute_driver = vmsnap.LibvirtDriver`` load this class.
 """
 
-from typing import Any
+from typing import Any, Optional
 
 import os
 
@@ -110,7 +110,13 @@ class _NovaImages:
                         {'id': image_id, 'error': e})
 
     def upload(self, image_id: str, data: Any, size: int, disk_format: str,
-               properties: dict, container_format: str = 'bare') -> dict:
+               properties: dict, container_format: str = 'bare',
+               current: Optional[dict] = None) -> dict:
+        """As Nova's own driver uploads.
+
+        Nova's update purges whatever it does not send, stale vmsnap
+        properties included: ``current`` is not needed.
+        """
         name = self._api.get(self._context, image_id).get('name')
         metadata = self._driver._create_snapshot_metadata(
             self._instance.image_meta, self._instance, disk_format, name)

@@ -106,14 +106,18 @@ snapshot_opts = [
     cfg.StrOpt('plain_content_digest',
                default='auto',
                choices=[
-                   ('auto', 'Where it costs little: a full snapshot whose '
-                            'zero runs are no larger than its data, or '
-                            'under 1 GiB. A delta and a mostly empty disk '
-                            'record the tree digest only.'),
-                   ('always', 'On every image: a delta reads the whole '
-                              'disk again from the backup export after its '
-                              'upload, a mostly empty disk hashes every '
-                              'zero byte.'),
+                   ('auto', 'Where it costs little: on a full snapshot '
+                            'whose zero runs are no larger than its data, '
+                            'or total under 1 GiB. A mostly empty disk and '
+                            'a delta record the tree digest only (a delta '
+                            'taken without its parent\'s block digests on '
+                            'this host records both).'),
+                   ('always', 'On every snapshot image: a delta reads the '
+                              'whole disk again from the backup export '
+                              'after its upload, a mostly empty disk hashes '
+                              'every zero byte. A point flattened or '
+                              'exported from a chain has it when the delta '
+                              'recorded it.'),
                ],
                help='When an image records vmsnap_content_sha256, the '
                     'sha256 of its virtual disk\'s raw content (what '

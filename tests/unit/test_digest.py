@@ -148,3 +148,28 @@ def test_a_mostly_empty_disk_records_the_tree_digest_not_the_plain_one():
                                  always_plain=True).result()
     assert forced.sha256 == hashlib.sha256(
         bytes(disk) + bytes(free + MIB)).hexdigest()
+
+
+def test_the_zeros_after_the_last_data_are_hashed_as_it_passes():
+    """Not after the upload: a raw encoder never asks for more pieces."""
+    disk = bytearray(os.urandom(4 * MIB)) + bytes(6 * MIB)
+    extents = [nbd.Extent(0, 4 * MIB, False),
+               nbd.Extent(4 * MIB, 6 * MIB, True)]
+    reads = []
+
+    def read(offset, length):
+        reads.append(offset)
+        return bytes(disk[offset:offset + length])
+    content = digest.ContentDigest(planned(read), len(disk), extents,
+                                   tree=True)
+    pieces = content.reads(iter([(0, 2 * MIB), (2 * MIB, 2 * MIB)]))
+    next(pieces)
+    next(pieces)                    # never asked for the end of the plan
+    assert content._position == len(disk)
+    reads.clear()
+    found = content.result()
+    assert not reads
+    assert found.sha256 == hashlib.sha256(disk).hexdigest()
+    assert found.tree == hashlib.sha256(b''.join(
+        hashlib.sha256(disk[o:o + MIB]).digest()
+        for o in range(0, len(disk), MIB))).hexdigest()

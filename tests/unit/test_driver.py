@@ -64,7 +64,7 @@ def steps(tmp_path):
     images.check_queued.side_effect = lambda i: log.append(
         'check image') or {'id': i, 'name': 'snap', 'image_type': 'snapshot',
                            'instance_uuid': 'stale'}
-    images.upload.side_effect = lambda *a: log.append('upload')
+    images.upload.side_effect = lambda *a, **k: log.append('upload')
     with mock.patch.object(host_mod.Host, 'get_guest', return_value=guest), \
             mock.patch.object(host_mod.Host, 'capabilities', return_value=(
                 host_mod.Capabilities('QEMU', (9, 0, 0), (7, 2, 0)))), \
@@ -94,10 +94,11 @@ def test_steps_run_in_order_with_task_states(steps):
                          'release', 'image_uploading', 'upload']
     assert tasks[1] == ('image_uploading', 'image_pending_upload')
     image_id, data, size, fmt, props = steps.images.upload.call_args[0]
+    # What the image holds already goes with it: only changes are sent.
+    assert steps.images.upload.call_args.kwargs['current'][
+        'instance_uuid'] == 'stale'
     assert (image_id, size, fmt) == ('img', len(b'flat image'), 'qcow2')
     assert props['vmsnap_mode'] == 'live'
-    # Only what changes is sent: Glance checks each property on its own.
-    assert 'image_type' not in props
     assert props['instance_uuid'] == INSTANCE.uuid
     assert props['vmsnap_content_sha256'] == 'd' * 64
     assert props['vmsnap_consistency'] == 'filesystem-frozen'

@@ -94,3 +94,38 @@ def test_a_file_upload_whose_answer_was_lost_is_not_sent_twice(images):
         {'id': 'i', 'status': 'active', 'size': 3}]
     service.upload('i', io.BytesIO(b'abc'), 3, 'raw', {})
     assert service._adapter.put.call_count == 1
+
+
+def test_an_upload_patches_only_what_changes_and_drops_stale_records(images):
+    """Glance checks each property of a patch; a base's record is not ours.
+
+    Nova's API creates the snapshot's image with the base image's
+    properties: a base that was itself a vmsnap snapshot leaves its digest
+    there, which this snapshot may not record.
+    """
+    service, _sleep = images
+    service._adapter = mock.Mock()
+    service._adapter.get_endpoint.return_value = 'http://glance'
+    service._client.images.get.return_value = {'id': 'i',
+                                               'status': 'active'}
+    current = {'id': 'i', 'status': 'queued', 'name': 'snap',
+               'image_type': 'snapshot', 'hw_disk_bus': 'virtio',
+               'vmsnap_content_sha256': 'base', 'vmsnap_memory': 'true',
+               'vmsnap_mode': 'live'}
+    service.upload('i', io.BytesIO(b'abc'), 3, 'qcow2', {
+        'image_type': 'snapshot', 'hw_disk_bus': 'virtio',
+        'vmsnap_mode': 'cold', 'vmsnap_content_tree_sha256': 'tree'},
+        current=current)
+    patch = service._adapter.patch.call_args.kwargs['json']
+    assert patch == [
+        {'op': 'add', 'path': '/container_format', 'value': 'bare'},
+        {'op': 'add', 'path': '/disk_format', 'value': 'qcow2'},
+        {'op': 'add', 'path': '/vmsnap_content_tree_sha256',
+         'value': 'tree'},
+        {'op': 'add', 'path': '/vmsnap_mode', 'value': 'cold'},
+        {'op': 'remove', 'path': '/vmsnap_content_sha256'},
+        {'op': 'remove', 'path': '/vmsnap_memory'}]
+    # Nothing to change: no request at all.
+    service._adapter.patch.reset_mock()
+    service.set_properties('i', {})
+    assert not service._adapter.patch.called
