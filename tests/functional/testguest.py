@@ -66,7 +66,11 @@ echo VMSNAP-READY
 n=0
 while true; do
     n=$((n + 1))
-    for c in $COUNTERS; do echo $n > $c; sync $c; done
+    # Replaced whole (a rename), never truncated then written: a freeze
+    # between the two would capture an empty file.
+    for c in $COUNTERS; do
+        echo $n > $c.new; sync $c.new; mv $c.new $c; sync -f $c
+    done
     echo "VMSNAP-COUNTER $n"
     sleep %(period)s
 done"""
