@@ -108,6 +108,19 @@ def _files_in(glance, image_id, names, workdir):
     return out
 
 
+def _chain_started(conf, guest, queued_image):
+    """The engine, Glance, the instance and the full image of a chain."""
+    conf.set_override('incremental', True, group='libvirt')
+    snapshots = engine.SnapshotEngine(
+        host_mod.Host(conf.libvirt.connection_uri), conf.libvirt,
+        conf.state_path)
+    images = glance_mod.ImageService(conf)
+    instance = checks.Instance(guest)
+    full = queued_image()
+    snapshots.take(instance, full, engine.no_task_state, images)
+    return snapshots, images, instance, full
+
+
 def test_a_chain_uploads_what_changed_and_every_point_restores(
         service, guest, glance, cleanup, workroot):
     svc = service()
@@ -266,14 +279,8 @@ def test_a_delta_is_refused_when_it_cannot_be_trusted(
 def test_a_failed_delta_leaves_the_chain_usable(
         conf, guest, glance, cleanup, queued_image, workroot):
     """An upload that fails mid-way: the next delta still proves equal."""
-    conf.set_override('incremental', True, group='libvirt')
-    snapshots = engine.SnapshotEngine(
-        host_mod.Host(conf.libvirt.connection_uri), conf.libvirt,
-        conf.state_path)
-    images = glance_mod.ImageService(conf)
-    instance = checks.Instance(guest)
-    full = queued_image()
-    snapshots.take(instance, full, engine.no_task_state, images)
+    snapshots, images, instance, full = _chain_started(conf, guest,
+                                                       queued_image)
 
     class FailingUpload:
         def __getattr__(self, name):
@@ -315,15 +322,9 @@ def test_a_failed_delta_leaves_the_chain_usable(
 def test_a_delta_records_the_plain_sha256_when_the_operator_asks(
         conf, guest, glance, queued_image, workroot):
     """plain_content_digest = always: the whole disk's sha256, read again."""
-    conf.set_override('incremental', True, group='libvirt')
     conf.set_override('plain_content_digest', 'always', group='libvirt')
-    snapshots = engine.SnapshotEngine(
-        host_mod.Host(conf.libvirt.connection_uri), conf.libvirt,
-        conf.state_path)
-    images = glance_mod.ImageService(conf)
-    instance = checks.Instance(guest)
-    full = queued_image()
-    snapshots.take(instance, full, engine.no_task_state, images)
+    snapshots, images, instance, full = _chain_started(conf, guest,
+                                                       queued_image)
     _write(guest, 'a.bin', 2)
     delta = queued_image()
     snapshots.take(instance, delta, engine.no_task_state, images)
