@@ -261,25 +261,25 @@ def plain_pays(size: int, extents: Iterable[nbd.Extent]) -> bool:
 
 
 def for_snapshot(reads: Reads, size: int, extents: List[nbd.Extent],
-                 chained: bool, always_plain: bool = False) -> ContentDigest:
-    """The digests a full snapshot records (see the module doc).
+                 tree: bool, always_plain: bool = False) -> ContentDigest:
+    """The digests a full image of the disk records (see the module doc).
 
-    :param chained: the snapshot starts or continues a chain: its block
-        digests are kept for the next delta.
+    :param tree: the tree digest too: a chain's images carry it (and the
+        block digests behind it are kept for the next delta).
     :param always_plain: the plain sha256 whatever it costs
-        (``plain_content_digest = always``).
+        (``plain_content_digest = always``, or the one to prove).
     """
     plain = always_plain or plain_pays(size, extents)
     if not plain:
         LOG.info('The disk is mostly empty (%(size)d MiB, %(data)d MiB of '
-                 'data): its snapshot records %(tree)s, not %(plain)s, '
+                 'data): its image records %(tree)s, not %(plain)s, '
                  'which would hash every zero byte',
                  {'size': size >> 20, 'tree': TREE_PROPERTY,
                   'plain': SHA256_PROPERTY,
                   'data': sum(e.length for e in extents if not e.zero)
                   >> 20})
     return ContentDigest(reads, size, extents, plain=plain,
-                         tree=chained or not plain)
+                         tree=tree or not plain)
 
 
 def blocks_of(extents: Iterable[nbd.Extent]) -> List[int]:
@@ -347,9 +347,7 @@ def of_delta(reads: Reads, size: int, extents: List[nbd.Extent],
         LOG.warning('The parent\'s block digests are not on this host: the '
                     'whole disk is read for the delta\'s digests')
     if base is None or plain:
-        return ContentDigest(reads, size, extents,
-                             plain=plain or plain_pays(size, extents),
-                             tree=True).result()
+        return for_snapshot(reads, size, extents, True, plain).result()
     return update_blocks(base, size, blocks_of(changed), extents, reads)
 
 
@@ -406,8 +404,5 @@ def of_point_file(path: str, image_format: str, untrusted: bool = False,
     asks for it (it is the one to prove).
     """
     with _served(path, image_format, untrusted) as client:
-        extents = client.extents()
-        return ContentDigest(
-            client.read_ahead, client.size, extents,
-            plain=plain or plain_pays(client.size, extents),
-            tree=True).result()
+        return for_snapshot(client.read_ahead, client.size,
+                            client.extents(), True, plain).result()

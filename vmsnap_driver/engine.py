@@ -216,11 +216,12 @@ class SnapshotEngine:
                     flat = os.path.join(workdir, '%s.%s' % (disk.target,
                                                             fmt))
                     _flatten(view, flat, fmt, plan.compress)
-                    flats.append((group.image(disk), flat, properties))
+                    flats.append((disk, flat, properties))
         if flats:
             update_task_state(task_state=IMAGE_UPLOADING,
                               expected_state=IMAGE_PENDING_UPLOAD)
-        for disk, (image, flat, properties) in zip(plan.disks, flats):
+        for disk, flat, properties in flats:
+            image = group.image(disk)
             found[disk.target] = digest.of_snapshot_file(
                 flat, fmt, plan.always_plain)
             properties.update(found[disk.target].properties())

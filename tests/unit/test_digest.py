@@ -129,7 +129,7 @@ def test_a_mostly_empty_disk_records_the_tree_digest_not_the_plain_one():
             raise AssertionError('the zero run was read')
         return bytes(disk[offset:offset + length])
     found = digest.for_snapshot(planned(read), size,
-                                extents(free + MIB), chained=False).result()
+                                extents(free + MIB), tree=False).result()
     assert found.sha256 is None
     blocks = b''.join(hashlib.sha256(disk[o:o + MIB]).digest()
                       for o in range(0, data, MIB)) + (
@@ -138,13 +138,13 @@ def test_a_mostly_empty_disk_records_the_tree_digest_not_the_plain_one():
     assert found.properties() == {digest.TREE_PROPERTY: found.tree}
     # A disk that pays gets the plain one, and the tree only when chained.
     small = digest.for_snapshot(planned(read), data, extents(0)[:1],
-                                chained=False).result()
+                                tree=False).result()
     assert small.sha256 == hashlib.sha256(disk).hexdigest()
     assert small.tree is None
     # Or every disk, when the operator asks for it whatever it costs.
     forced = digest.for_snapshot(planned(lambda o, n: bytes(n) if o >= data
                                          else bytes(disk[o:o + n])),
-                                 size, extents(free + MIB), chained=False,
+                                 size, extents(free + MIB), tree=False,
                                  always_plain=True).result()
     assert forced.sha256 == hashlib.sha256(
         bytes(disk) + bytes(free + MIB)).hexdigest()
