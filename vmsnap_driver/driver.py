@@ -37,6 +37,16 @@ class LibvirtDriver:
                                              conf.state_path)
         self._images = glance.ImageService(conf)
 
+    def init_host(self, host: str) -> None:
+        """Ready the connections before the first request, as Nova does.
+
+        A compute service calls it at start-up: libvirt is connected (and
+        proven to answer) and the Glance client built here, so that the
+        first snapshot costs what every other one does.
+        """
+        self._host.capabilities()
+        self._images.connect()
+
     def snapshot(self, context: Any, instance: Any, image_id: str,
                  update_task_state: Optional[
                      engine.TaskStateCallback] = None,

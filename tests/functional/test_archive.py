@@ -192,6 +192,8 @@ def test_export_then_import_brings_the_guest_back_where_it_was(
     archive = os.path.join(workroot, 'disk-only-%s.ova' % guest.uuid[:8])
     done = _vmsnap(svc, 'export', disk_only, '--output', archive)
     assert done.returncode == 0, done.stderr
+    glance.images.delete(glance.images.get(disk_only)[
+        'vmsnap_group_images'].split('=')[1])
     glance.images.delete(disk_only)
     # Its console log file is the original's: only one QEMU may hold it.
     guest.dom.destroy()

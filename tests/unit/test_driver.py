@@ -113,3 +113,12 @@ def test_image_is_checked_before_the_guest_is_touched(steps):
     assert steps.log == []
     steps.guest.managed_save.assert_not_called()
     steps.guest.block_copy.assert_not_called()
+
+
+def test_init_host_connects_libvirt_and_builds_the_glance_client(steps):
+    """At service start, so that the first snapshot costs no more."""
+    with mock.patch.object(host_mod.Host, 'capabilities') as caps:
+        driver_mod.LibvirtDriver().init_host('compute-1')
+    caps.assert_called_once_with()
+    steps.images.connect.assert_called_once_with()
+    steps.images.check_queued.assert_not_called()

@@ -129,3 +129,12 @@ def test_an_upload_patches_only_what_changes_and_drops_stale_records(images):
     service._adapter.patch.reset_mock()
     service.set_properties('i', {})
     assert not service._adapter.patch.called
+
+
+def test_connect_builds_the_client_without_a_request():
+    service = glance.ImageService(config.CONF)
+    with mock.patch.object(glance.glanceclient, 'Client') as client:
+        service.connect()
+        service.connect()
+    client.assert_called_once()
+    client.return_value.images.get.assert_not_called()

@@ -85,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     manager = manager_mod.ComputeManager(
         driver, images, CONF.max_concurrent_snapshots,
         images_for=lambda context: glance.for_context(CONF, context, images))
+    driver.init_host(socket.gethostname())
     # Before the first request: no guest stays as a killed process left it.
     for outcome in driver.recover():
         manager.record_fault(outcome.instance_uuid, outcome.message)
