@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime
+import threading
 import types
 from unittest import mock
 
@@ -10,6 +11,7 @@ import pytest
 from vmsnap_driver.capture import base
 from vmsnap_driver import config
 from vmsnap_driver import digest
+from vmsnap_driver import domain_record
 from vmsnap_driver import driver as driver_mod
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
@@ -122,3 +124,27 @@ def test_init_host_connects_libvirt_and_builds_the_glance_client(steps):
     caps.assert_called_once_with()
     steps.images.connect.assert_called_once_with()
     steps.images.check_queued.assert_not_called()
+
+
+def test_the_domain_record_is_set_while_the_capture_runs(steps):
+    """Ahead of the upload, which then does not send it again."""
+    sent = threading.Event()
+    steps.images.set_properties.side_effect = (
+        lambda image_id, props: steps.log.append('ahead') or sent.set())
+    driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
+    assert sent.is_set()
+    assert steps.log.index('ahead') < steps.log.index('upload')
+    image_id, ahead = steps.images.set_properties.call_args_list[0][0]
+    assert image_id == 'img'
+    assert ahead == domain_record.properties(
+        steps.guest.inactive_xml.return_value)
+    current = steps.images.upload.call_args.kwargs['current']
+    assert {key: current[key] for key in ahead} == ahead
+
+
+def test_a_failed_patch_sent_ahead_fails_the_snapshot(steps):
+    steps.images.set_properties.side_effect = exception.GlanceRefused(
+        action='update', image_id='img', reason='403')
+    with pytest.raises(exception.GlanceRefused):
+        driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
+    steps.images.upload.assert_not_called()
