@@ -44,7 +44,7 @@ class LibvirtDriver:
         proven to answer) and the Glance client built here, so that the
         first snapshot costs what every other one does.
         """
-        self._host.capabilities()
+        self._host.connect()
         self._images.connect()
 
     def snapshot(self, context: Any, instance: Any, image_id: str,

@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Optional
 import uuid as uuidlib
 
+from oslo_context import context as oslo_context
 from oslo_log import log as logging
 from oslo_utils import strutils
 
@@ -95,7 +96,7 @@ class SnapshotEngine:
                                 instance.uuid, memory=plan.memory,
                                 record=record)
             try:
-                group.send_ahead(plan.disks[0], plan.domain_record)
+                group.send_ahead(plan.domain_record)
                 update_task_state(task_state=IMAGE_PENDING_UPLOAD)
                 with workspace.workspace(self._options.snapshots_directory,
                                          plan.space_needed()) as workdir:
@@ -107,7 +108,9 @@ class SnapshotEngine:
                                        plan.link, image_id, plan.disks[0],
                                        plan.chains[0][0].virtual_size,
                                        digests.blocks, record)
-            except Exception:
+            except BaseException:
+                # Ctrl-C of ``vmsnap snapshot`` too: its caller deletes
+                # the requested image next, after the patch sent ahead.
                 group.delete_created()
                 snapshot_chains.abandon(plan.guest, plan.link, record)
                 raise
@@ -422,8 +425,10 @@ class _ImageGroup:
         self._disk_images = {disks[0].target: root_image}
         self._created = []
         self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
-        # Patches sent beside the capture, by disk target: (future, what).
-        self._ahead = {}
+        self._root = disks[0].target
+        # A patch of the boot disk's image sent beside the capture: (its
+        # future, what it sets).
+        self._ahead = None
         self.memory_image_id = None
         try:
             if memory:
@@ -447,34 +452,41 @@ class _ImageGroup:
         self._record.update(
             images=self._record.facts.get('images', []) + [image_id])
 
-    def send_ahead(self, disk: Any, properties: dict) -> None:
-        """Set ``properties`` on ``disk``'s image while the capture runs.
+    def send_ahead(self, properties: dict) -> None:
+        """Set ``properties`` on the boot disk's image while the capture runs.
 
         Glance checks each property of a patch on its own (28 ms each here):
         what is known before the capture (the domain record is a dozen
         properties) costs nothing on the way to the upload when it is sent
         beside the capture.  Nothing else may write the image meanwhile:
         Glance saves a whole image on each patch, so two at once could lose
-        one's changes.  ``image()`` waits for it.
+        one's changes.  ``image()`` and ``delete_created()`` wait for it.
+        The request's logging context goes with it, for its retries' logs.
         """
-        held = self._disk_images[disk.target]
+        held = self._disk_images[self._root]
         changed = {key: value for key, value in properties.items()
                    if held.get(key) != value}
         if not changed:
             return
+        context = oslo_context.get_current()
+
+        def send() -> None:
+            if context is not None:
+                context.update_store()
+            self._images.set_properties(held['id'], changed)
         executor = futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix='send-ahead')
-        self._ahead[disk.target] = (executor.submit(
-            self._images.set_properties, held['id'], changed), changed)
+        self._ahead = (executor.submit(send), changed)
         executor.shutdown(wait=False)
 
     def image(self, disk: Any) -> dict:
         """The image as Glance holds it, once what was sent ahead is set."""
-        sent = self._ahead.pop(disk.target, None)
-        if sent:
-            sent[0].result()
-            self._disk_images[disk.target] = dict(
-                self._disk_images[disk.target], **sent[1])
+        if disk.target == self._root and self._ahead:
+            sent, changed = self._ahead
+            self._ahead = None
+            sent.result()
+            self._disk_images[self._root] = dict(
+                self._disk_images[self._root], **changed)
         return self._disk_images[disk.target]
 
     def image_id(self, disk: Any) -> str:
@@ -507,9 +519,13 @@ class _ImageGroup:
 
     def delete_created(self) -> None:
         """After a failure: no patch sent ahead outlives the snapshot."""
-        for sent, _properties in self._ahead.values():
+        if self._ahead:
+            sent, _changed = self._ahead
+            self._ahead = None
             futures.wait([sent])
-        self._ahead = {}
+            if sent.exception():
+                LOG.debug('The patch sent ahead failed too: %s',
+                          sent.exception())
         for image_id in self._created:
             self._images.delete(image_id)
         self._created = []

@@ -77,6 +77,10 @@ class Host:
                 LOG.info('Connected to libvirt at %s', self.uri)
             return self._conn
 
+    def connect(self) -> None:
+        """Open the connection now (it is opened on first use otherwise)."""
+        self._connection()
+
     def _domain(self, uuid: str) -> libvirt.virDomain:
         """The domain on a live connection (libvirtd may have restarted)."""
         return self._connection().lookupByUUIDString(uuid)

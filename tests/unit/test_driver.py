@@ -3,6 +3,7 @@
 import contextlib
 import datetime
 import threading
+import time
 import types
 from unittest import mock
 
@@ -119,9 +120,9 @@ def test_image_is_checked_before_the_guest_is_touched(steps):
 
 def test_init_host_connects_libvirt_and_builds_the_glance_client(steps):
     """At service start, so that the first snapshot costs no more."""
-    with mock.patch.object(host_mod.Host, 'capabilities') as caps:
+    with mock.patch.object(host_mod.Host, 'connect') as connect:
         driver_mod.LibvirtDriver().init_host('compute-1')
-    caps.assert_called_once_with()
+    connect.assert_called_once_with()
     steps.images.connect.assert_called_once_with()
     steps.images.check_queued.assert_not_called()
 
@@ -147,4 +148,20 @@ def test_a_failed_patch_sent_ahead_fails_the_snapshot(steps):
         action='update', image_id='img', reason='403')
     with pytest.raises(exception.GlanceRefused):
         driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
+    steps.images.upload.assert_not_called()
+
+
+def test_a_failed_snapshot_waits_for_the_patch_sent_ahead(steps):
+    """Its caller deletes the image next: no patch may land after that."""
+    def slow_patch(image_id, props):
+        time.sleep(0.2)
+        steps.log.append('ahead done')
+    steps.images.set_properties.side_effect = slow_patch
+    with mock.patch.object(qemu_img, 'convert',
+                           side_effect=exception.QemuImgFailed(
+                               exit_code=1, command='convert',
+                               stderr='No space left on device')):
+        with pytest.raises(exception.QemuImgFailed):
+            driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
+    assert 'ahead done' in steps.log
     steps.images.upload.assert_not_called()

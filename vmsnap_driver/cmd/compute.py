@@ -21,6 +21,7 @@ from stevedore import driver as stevedore_driver
 from vmsnap_driver.api import app
 from vmsnap_driver.compute import manager as manager_mod
 from vmsnap_driver import config
+from vmsnap_driver import exception
 from vmsnap_driver import glance
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import policy
@@ -85,7 +86,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     manager = manager_mod.ComputeManager(
         driver, images, CONF.max_concurrent_snapshots,
         images_for=lambda context: glance.for_context(CONF, context, images))
-    driver.init_host(socket.gethostname())
+    try:
+        driver.init_host(socket.gethostname())
+    except exception.VmsnapException as e:
+        # Each request connects again: libvirtd or Glance may be back.
+        LOG.warning('Not ready at start-up, trying again on each request: '
+                    '%s', e)
     # Before the first request: no guest stays as a killed process left it.
     for outcome in driver.recover():
         manager.record_fault(outcome.instance_uuid, outcome.message)
