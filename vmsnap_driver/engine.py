@@ -87,16 +87,25 @@ class SnapshotEngine:
         :param progress: told the bytes uploaded as they go, against the
             most the snapshot can upload (its disks' data and memory).
         """
-        plan = self._plan(instance, image_id, images)
+        guest = self._host.get_guest(instance.uuid)
+        image = images.check_queued(image_id)
+        with _SentAhead(images, image, domain_record.properties(
+                guest.inactive_xml())) as ahead:
+            self._take(instance, guest, ahead, update_task_state, images,
+                       progress)
+
+    def _take(self, instance: Any, guest: guest_mod.Guest,
+              ahead: '_SentAhead', update_task_state: TaskStateCallback,
+              images: Any, progress: Optional[ProgressCallback]) -> None:
+        plan = self._plan(instance, guest, ahead.sent, images)
+        image_id = plan.image['id']
         images = _Counted(images, plan.upload_bytes(), progress)
         record = journal.begin(self._state_path, KIND, instance.uuid,
                                images=[image_id])
         try:
-            group = _ImageGroup(images, plan.image, plan.disks,
-                                instance.uuid, memory=plan.memory,
-                                record=record)
+            group = _ImageGroup(images, ahead, plan.disks, instance.uuid,
+                                memory=plan.memory, record=record)
             try:
-                group.send_ahead(plan.domain_record)
                 update_task_state(task_state=IMAGE_PENDING_UPLOAD)
                 with workspace.workspace(self._options.snapshots_directory,
                                          plan.space_needed()) as workdir:
@@ -109,8 +118,6 @@ class SnapshotEngine:
                                        plan.chains[0][0].virtual_size,
                                        digests.blocks, record)
             except BaseException:
-                # Ctrl-C of ``vmsnap snapshot`` too: its caller deletes
-                # the requested image next, after the patch sent ahead.
                 group.delete_created()
                 snapshot_chains.abandon(plan.guest, plan.link, record)
                 raise
@@ -122,11 +129,10 @@ class SnapshotEngine:
                                  'summary': images.summary()},
                  instance_uuid=instance.uuid)
 
-    def _plan(self, instance: Any, image_id: str, images: Any) -> '_Plan':
+    def _plan(self, instance: Any, guest: guest_mod.Guest, image: dict,
+              images: Any) -> '_Plan':
         """Everything decided before the guest is touched; fails early."""
         libvirt_conf = self._options
-        guest = self._host.get_guest(instance.uuid)
-        image = images.check_queued(image_id)
         state = guest.state()
         memory = (_memory_requested(image, libvirt_conf)
                   and state in guest_mod.ACTIVE_STATES)
@@ -168,7 +174,7 @@ class SnapshotEngine:
                  {'mode': decision.mode, 'method': strategy.method,
                   'mem': ' and memory' if memory else '',
                   'disks': ', '.join(d.target for d in disks),
-                  'image': image_id, 'reason': decision.reason,
+                  'image': image['id'], 'reason': decision.reason,
                   'chain': '; ' + link.reason if link.requested else ''},
                  instance_uuid=instance.uuid)
         return _Plan(
@@ -178,7 +184,6 @@ class SnapshotEngine:
             image_format=libvirt_conf.snapshot_image_format,
             compress=compress, state=state, memory=memory,
             machine=guest.machine() if memory else {},
-            domain_record=domain_record.properties(guest.inactive_xml()),
             streamed=strategy.exports_nbd(state),
             always_plain=libvirt_conf.plain_content_digest == 'always')
 
@@ -209,7 +214,7 @@ class SnapshotEngine:
                         instance, plan.record(disk, view)))
                 if disk is plan.disks[0]:
                     properties.update(plan.link.properties())
-                    properties.update(plan.domain_record)
+                    properties.update(group.sent_ahead)
                 if plan.streamed:
                     found[disk.target] = _upload_export(
                         images, group.image(disk), view, fmt,
@@ -340,9 +345,6 @@ class _Plan:
     state: str
     memory: bool
     machine: dict
-    # The definition at snapshot time, as the boot disk's image records
-    # it for an export.
-    domain_record: dict
     # plain_content_digest = always: the plain sha256 whatever it costs.
     always_plain: bool
 
@@ -406,6 +408,58 @@ class _Counted:
         return getattr(self._images, name)
 
 
+class _SentAhead:
+    """A patch of the requested image, sent while the snapshot is planned.
+
+    Glance checks each property of a patch on its own (28 ms each here).
+    The domain record (a dozen properties) is known as soon as the guest
+    is found: sent then, beside the plan and the capture, it costs nothing
+    on the way to the upload.  Nothing else may write the image meanwhile:
+    Glance saves a whole image on each patch, so two at once could lose
+    one's changes.  ``image()`` waits for it, and so does leaving the
+    ``with`` block, whatever happened there: it never outlives the
+    snapshot.  The request's logging context goes with it, for the logs of
+    its retries.
+    """
+
+    def __init__(self, images: Any, image: dict, properties: dict) -> None:
+        self.sent = image
+        self.properties = properties
+        changed = {key: value for key, value in properties.items()
+                   if image.get(key) != value}
+        self._patch = None
+        if not changed:
+            return
+        context = oslo_context.get_current()
+
+        def send() -> None:
+            if context is not None:
+                context.update_store()
+            images.set_properties(image['id'], changed)
+        executor = futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix='send-ahead')
+        self._patch = executor.submit(send)
+        executor.shutdown(wait=False)
+
+    def image(self) -> dict:
+        """The image as Glance holds it once the patch is done."""
+        if self._patch is not None:
+            patch, self._patch = self._patch, None
+            patch.result()
+            self.sent = dict(self.sent, **self.properties)
+        return self.sent
+
+    def __enter__(self) -> '_SentAhead':
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._patch is not None:
+            futures.wait([self._patch])
+            if self._patch.exception():
+                LOG.debug('The patch sent ahead failed too: %s',
+                          self._patch.exception())
+
+
 class _ImageGroup:
     """The requested image for the boot disk, new ones for the others.
 
@@ -415,20 +469,20 @@ class _ImageGroup:
     fails; the requested one belongs to the caller.
     """
 
-    def __init__(self, images: Any, root_image: dict,
+    def __init__(self, images: Any, ahead: '_SentAhead',
                  disks: list, instance_uuid: str,
                  memory: bool = False,
                  record: Optional[journal.Record] = None) -> None:
         self._images = images
         self._record = journal.unrecorded(record)
-        # Each disk's image, as Glance last answered.
+        # The requested image, for the boot disk.
+        self._ahead = ahead
+        self._root = disks[0].target
+        root_image = ahead.sent
+        # Each other disk's image, as Glance last answered.
         self._disk_images = {disks[0].target: root_image}
         self._created = []
         self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
-        self._root = disks[0].target
-        # A patch of the boot disk's image sent beside the capture: (its
-        # future, what it sets).
-        self._ahead = None
         self.memory_image_id = None
         try:
             if memory:
@@ -452,45 +506,21 @@ class _ImageGroup:
         self._record.update(
             images=self._record.facts.get('images', []) + [image_id])
 
-    def send_ahead(self, properties: dict) -> None:
-        """Set ``properties`` on the boot disk's image while the capture runs.
-
-        Glance checks each property of a patch on its own (28 ms each here):
-        what is known before the capture (the domain record is a dozen
-        properties) costs nothing on the way to the upload when it is sent
-        beside the capture.  Nothing else may write the image meanwhile:
-        Glance saves a whole image on each patch, so two at once could lose
-        one's changes.  ``image()`` and ``delete_created()`` wait for it.
-        The request's logging context goes with it, for its retries' logs.
-        """
-        held = self._disk_images[self._root]
-        changed = {key: value for key, value in properties.items()
-                   if held.get(key) != value}
-        if not changed:
-            return
-        context = oslo_context.get_current()
-
-        def send() -> None:
-            if context is not None:
-                context.update_store()
-            self._images.set_properties(held['id'], changed)
-        executor = futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix='send-ahead')
-        self._ahead = (executor.submit(send), changed)
-        executor.shutdown(wait=False)
-
     def image(self, disk: Any) -> dict:
-        """The image as Glance holds it, once what was sent ahead is set."""
-        if disk.target == self._root and self._ahead:
-            sent, changed = self._ahead
-            self._ahead = None
-            sent.result()
-            self._disk_images[self._root] = dict(
-                self._disk_images[self._root], **changed)
+        """The image as Glance holds it; the boot disk's, once sent ahead."""
+        if disk.target == self._root:
+            return self._ahead.image()
         return self._disk_images[disk.target]
 
     def image_id(self, disk: Any) -> str:
+        if disk.target == self._root:
+            return self._ahead.sent['id']
         return self._disk_images[disk.target]['id']
+
+    @property
+    def sent_ahead(self) -> dict:
+        """What the requested image is told while the capture runs."""
+        return self._ahead.properties
 
     def _others(self) -> str:
         """``target=image_id`` of the images vmsnap created."""
@@ -518,14 +548,6 @@ class _ImageGroup:
         return properties
 
     def delete_created(self) -> None:
-        """After a failure: no patch sent ahead outlives the snapshot."""
-        if self._ahead:
-            sent, _changed = self._ahead
-            self._ahead = None
-            futures.wait([sent])
-            if sent.exception():
-                LOG.debug('The patch sent ahead failed too: %s',
-                          sent.exception())
         for image_id in self._created:
             self._images.delete(image_id)
         self._created = []
