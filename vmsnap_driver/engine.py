@@ -27,6 +27,7 @@ from vmsnap_driver import decide
 from vmsnap_driver import digest
 from vmsnap_driver import domain_record
 from vmsnap_driver import exception
+from vmsnap_driver import glance
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import host as host_mod
 from vmsnap_driver import image_properties
@@ -425,8 +426,7 @@ class _SentAhead:
     def __init__(self, images: Any, image: dict, properties: dict) -> None:
         self.sent = image
         self.properties = properties
-        changed = {key: value for key, value in properties.items()
-                   if image.get(key) != value}
+        changed = glance.unheld(properties, image)
         self._patch = None
         if not changed:
             return
@@ -479,8 +479,8 @@ class _ImageGroup:
         self._ahead = ahead
         self._root = disks[0].target
         root_image = ahead.sent
-        # Each other disk's image, as Glance last answered.
-        self._disk_images = {disks[0].target: root_image}
+        # Each other disk's image (vmsnap creates them), as Glance answered.
+        self._disk_images = {}
         self._created = []
         self._group = str(uuidlib.uuid4()) if len(disks) > 1 else None
         self.memory_image_id = None
@@ -526,8 +526,7 @@ class _ImageGroup:
         """``target=image_id`` of the images vmsnap created."""
         return image_properties.group_value(
             [(target, image['id'])
-             for target, image in self._disk_images.items()
-             if image['id'] in self._created])
+             for target, image in self._disk_images.items()])
 
     def describe_others(self) -> str:
         others = self._others()
@@ -542,7 +541,7 @@ class _ImageGroup:
         if self._group:
             properties[image_properties.GROUP_ID_PROPERTY] = self._group
             properties['vmsnap_disk_target'] = disk.target
-            if self.image_id(disk) not in self._created:
+            if disk.target == self._root:
                 properties[image_properties.GROUP_IMAGES_PROPERTY] = (
                     self._others())
         return properties

@@ -242,8 +242,7 @@ class ImageService:
                       container_format=container_format)
         current = current or {}
         self.set_properties(
-            image_id, {key: value for key, value in wanted.items()
-                       if current.get(key) != value},
+            image_id, unheld(wanted, current),
             remove=[key for key in current
                     if key.startswith(OWN_PREFIX) and key not in wanted])
         LOG.info('Uploading %(size)d bytes of %(fmt)s into image %(id)s',
@@ -326,6 +325,16 @@ class ImageService:
         return self._retried('list', '-', lambda: [
             dict(image) for image in
             self._get_client().images.list(filters=filters)])
+
+
+def unheld(properties: dict, image: dict) -> dict:
+    """What of ``properties`` ``image`` does not hold yet.
+
+    Glance checks each property of a patch on its own (28 ms each here):
+    what an image holds already is not sent again.
+    """
+    return {key: value for key, value in properties.items()
+            if image.get(key) != value}
 
 
 def for_context(conf: cfg.ConfigOpts, context: Any,
