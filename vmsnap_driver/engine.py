@@ -90,8 +90,8 @@ class SnapshotEngine:
         """
         guest = self._host.get_guest(instance.uuid)
         image = images.check_queued(image_id)
-        with _SentAhead(images, image, domain_record.properties(
-                guest.inactive_xml())) as ahead:
+        with _SentAhead(images, image) as ahead:
+            ahead.send(domain_record.properties(guest.inactive_xml()))
             self._take(instance, guest, ahead, update_task_state, images,
                        progress)
 
@@ -202,6 +202,10 @@ class SnapshotEngine:
         fmt = plan.image_format
         flats = []
         found = {}
+        root = plan.disks[0]
+        described = {disk.target: group.properties(
+            disk, plan.described(instance, disk)) for disk in plan.disks}
+        group.send_ahead(described[root.target])
         with plan.strategy.capture(
                 plan.guest, plan.disks, plan.chains, workdir,
                 functools.partial(plan.freezer.frozen, record),
@@ -210,17 +214,17 @@ class SnapshotEngine:
                 update_task_state(task_state=IMAGE_UPLOADING,
                                   expected_state=IMAGE_PENDING_UPLOAD)
             for disk, view in zip(plan.disks, views):
-                properties = group.properties(
-                    disk, image_properties.snapshot_properties(
-                        instance, plan.record(disk, view)))
-                if disk is plan.disks[0]:
-                    properties.update(plan.link.properties())
+                properties = dict(
+                    described[disk.target],
+                    **image_properties.instant_properties(
+                        plan.instant(view)))
+                if disk is root:
                     properties.update(group.sent_ahead)
                 if plan.streamed:
                     found[disk.target] = _upload_export(
                         images, group.image(disk), view, fmt,
                         plan.compress, properties,
-                        plan.link if disk is plan.disks[0] else None,
+                        plan.link if disk is root else None,
                         plan.always_plain)
                 else:
                     flat = os.path.join(workdir, '%s.%s' % (disk.target,
@@ -240,7 +244,7 @@ class SnapshotEngine:
                               properties, current=image)
         if plan.memory:
             self._upload_memory(plan, group, plan.strategy.memory, images)
-        return found[plan.disks[0].target]
+        return found[root.target]
 
     def _upload_memory(self, plan: '_Plan', group: '_ImageGroup',
                        memory: capture_base.MemoryState,
@@ -359,23 +363,33 @@ class _Plan:
                                            for c in self.chains)
         return self.strategy.scratch_bytes(self.chains) + flat
 
-    def record(self, disk: Any, view: capture_base.DiskView
-               ) -> image_properties.CaptureRecord:
+    def described(self, instance: Any, disk: Any) -> dict:
+        """How ``disk``'s image is taken, all but the capture's instant."""
         reason = self.decision.reason
         if self.link.requested:
             reason = '%s; %s' % (self.link.reason, reason)
-        return image_properties.CaptureRecord(
-            mode=self.decision.mode, reason=reason,
-            method=self.strategy.method, disk=disk,
+        properties = image_properties.snapshot_properties(
+            instance, image_properties.CaptureRecord(
+                mode=self.decision.mode, reason=reason,
+                method=self.strategy.method, disk=disk,
+                libvirt_version=host_mod.version_string(
+                    self.caps.libvirt_version),
+                qemu_version=host_mod.version_string(
+                    self.caps.hypervisor_version),
+                disks=tuple(d.target for d in self.disks),
+                guest_state=self.state))
+        if disk is self.disks[0]:
+            properties.update(self.link.properties())
+        return properties
+
+    def instant(self, view: capture_base.DiskView
+                ) -> image_properties.CaptureInstant:
+        """Known once the capture has let the guest go."""
+        return image_properties.CaptureInstant(
             started_at=view.started_at, captured_at=view.captured_at,
-            libvirt_version=host_mod.version_string(self.caps.libvirt_version),
-            qemu_version=host_mod.version_string(
-                self.caps.hypervisor_version),
             consistency=(image_properties.MEMORY if self.memory
                          else self.freezer.level),
-            freeze_seconds=self.freezer.seconds,
-            disks=tuple(d.target for d in self.disks),
-            guest_state=self.state)
+            freeze_seconds=self.freezer.seconds)
 
 
 class _Counted:
@@ -410,54 +424,68 @@ class _Counted:
 
 
 class _SentAhead:
-    """A patch of the requested image, sent while the snapshot is planned.
+    """Patches of the requested image, sent while the snapshot goes on.
 
     Glance checks each property of a patch on its own (28 ms each here).
     The domain record (a dozen properties) is known as soon as the guest
-    is found: sent then, beside the plan and the capture, it costs nothing
-    on the way to the upload.  Nothing else may write the image meanwhile:
+    is found, how the snapshot is taken (another dozen) once it is
+    planned: each is sent then, beside the plan and the capture, and
+    costs nothing on the way to the upload.  The patches go one after the
+    other on one thread, and nothing else may write the image meanwhile:
     Glance saves a whole image on each patch, so two at once could lose
-    one's changes.  ``image()`` waits for it, and so does leaving the
-    ``with`` block, whatever happened there: it never outlives the
-    snapshot.  The request's logging context goes with it, for the logs of
-    its retries.
+    one's changes.  ``image()`` waits for them, and so does leaving the
+    ``with`` block, whatever happened there: none outlives the snapshot.
+    Once one has failed, the next are not sent.  The request's logging
+    context goes with them, for the logs of their retries.
     """
 
-    def __init__(self, images: Any, image: dict, properties: dict) -> None:
+    def __init__(self, images: Any, image: dict) -> None:
+        self._images = images
+        self._context = oslo_context.get_current()
         self.sent = image
-        self.properties = properties
-        changed = glance.unheld(properties, image)
-        self._patch = None
+        # Everything sent ahead, once all of it is sent.
+        self.properties = {}
+        self._patches = []
+        self._executor = None
+
+    def send(self, properties: dict) -> None:
+        changed = glance.unheld(properties, dict(self.sent, **self.properties))
+        self.properties.update(properties)
         if not changed:
             return
-        context = oslo_context.get_current()
+        if self._executor is None:
+            self._executor = futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix='send-ahead')
+        self._patches.append(self._executor.submit(
+            self._send, changed, list(self._patches)))
 
-        def send() -> None:
-            if context is not None:
-                context.update_store()
-            images.set_properties(image['id'], changed)
-        executor = futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix='send-ahead')
-        self._patch = executor.submit(send)
-        executor.shutdown(wait=False)
+    def _send(self, changed: dict, before: list) -> None:
+        # One thread sends them in turn: those before are done.
+        if any(patch.exception() for patch in before):
+            return
+        if self._context is not None:
+            self._context.update_store()
+        self._images.set_properties(self.sent['id'], changed)
 
     def image(self) -> dict:
-        """The image as Glance holds it once the patch is done."""
-        if self._patch is not None:
-            patch, self._patch = self._patch, None
+        """The image as Glance holds it once every patch is done."""
+        patches, self._patches = self._patches, []
+        for patch in patches:
             patch.result()
-            self.sent = dict(self.sent, **self.properties)
+        self.sent = dict(self.sent, **self.properties)
         return self.sent
 
     def __enter__(self) -> '_SentAhead':
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._patch is not None:
-            futures.wait([self._patch])
-            if self._patch.exception():
-                LOG.debug('The patch sent ahead failed too: %s',
-                          self._patch.exception())
+        if self._executor is None:
+            return
+        self._executor.shutdown(wait=True)
+        for patch in self._patches:
+            if patch.exception():
+                LOG.debug('A patch sent ahead failed too: %s',
+                          patch.exception())
 
 
 class _ImageGroup:
@@ -516,6 +544,10 @@ class _ImageGroup:
         if disk.target == self._root:
             return self._ahead.sent['id']
         return self._disk_images[disk.target]['id']
+
+    def send_ahead(self, properties: dict) -> None:
+        """Tell the requested image ``properties`` while the capture runs."""
+        self._ahead.send(properties)
 
     @property
     def sent_ahead(self) -> dict:

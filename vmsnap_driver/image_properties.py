@@ -148,24 +148,31 @@ def requested(instance: Any, metadata: Dict[str, str]) -> Dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class CaptureRecord:
-    """How one snapshot was taken, as the image will tell it."""
+    """How one snapshot is taken: all known once it is planned."""
 
     mode: str
     reason: str
     method: str
     disk: Any
-    started_at: datetime.datetime
-    captured_at: datetime.datetime
     libvirt_version: str
     qemu_version: str
-    consistency: str = 'crash-consistent'
-    freeze_seconds: float = 0.0
     disks: Tuple[str, ...] = ()
     guest_state: str = ''
 
 
+@dataclasses.dataclass(frozen=True)
+class CaptureInstant:
+    """What only the capture itself fixes."""
+
+    started_at: datetime.datetime
+    captured_at: datetime.datetime
+    consistency: str = 'crash-consistent'
+    freeze_seconds: float = 0.0
+
+
 def snapshot_properties(instance: Any,
                         record: CaptureRecord) -> Dict[str, str]:
+    """Everything but the capture's instant: set while the capture runs."""
     properties = inherited(instance)
     image_ref = getattr(instance, 'image_ref', None)
     if image_ref:
@@ -179,10 +186,6 @@ def snapshot_properties(instance: Any,
         'vmsnap_source_disk': record.disk.target,
         'vmsnap_source_path': record.disk.path[:MAX_VALUE_LENGTH],
         'vmsnap_source_format': record.disk.format,
-        'vmsnap_capture_start': _timestamp(record.started_at),
-        'vmsnap_capture_end': _timestamp(record.captured_at),
-        'vmsnap_consistency': record.consistency,
-        'vmsnap_freeze_seconds': '%.3f' % record.freeze_seconds,
         'vmsnap_disks': ','.join(record.disks or [record.disk.target]),
         GUEST_STATE_PROPERTY: record.guest_state,
         'vmsnap_libvirt_version': record.libvirt_version,
@@ -190,3 +193,12 @@ def snapshot_properties(instance: Any,
         'vmsnap_version': vmsnap_driver.__version__,
     })
     return properties
+
+
+def instant_properties(instant: CaptureInstant) -> Dict[str, str]:
+    return {
+        'vmsnap_capture_start': _timestamp(instant.started_at),
+        'vmsnap_capture_end': _timestamp(instant.captured_at),
+        'vmsnap_consistency': instant.consistency,
+        'vmsnap_freeze_seconds': '%.3f' % instant.freeze_seconds,
+    }

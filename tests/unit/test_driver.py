@@ -2,7 +2,6 @@
 
 import contextlib
 import datetime
-import threading
 import time
 import types
 from unittest import mock
@@ -97,9 +96,11 @@ def test_steps_run_in_order_with_task_states(steps):
                          'release', 'image_uploading', 'upload']
     assert tasks[1] == ('image_uploading', 'image_pending_upload')
     image_id, data, size, fmt, props = steps.images.upload.call_args[0]
-    # What the image holds already goes with it: only changes are sent.
-    assert steps.images.upload.call_args.kwargs['current'][
-        'instance_uuid'] == 'stale'
+    # What the image holds already, what was sent ahead included, goes
+    # with it: the upload's patch sends only the rest.
+    current = steps.images.upload.call_args.kwargs['current']
+    assert current['instance_uuid'] == INSTANCE.uuid
+    assert 'vmsnap_capture_end' not in current
     assert (image_id, size, fmt) == ('img', len(b'flat image'), 'qcow2')
     assert props['vmsnap_mode'] == 'live'
     assert props['instance_uuid'] == INSTANCE.uuid
@@ -127,28 +128,37 @@ def test_init_host_connects_libvirt_and_builds_the_glance_client(steps):
     steps.images.check_queued.assert_not_called()
 
 
-def test_the_domain_record_is_set_while_the_capture_runs(steps):
-    """Ahead of the upload, which then does not send it again."""
-    sent = threading.Event()
+def test_the_domain_record_and_the_plan_are_set_while_the_capture_runs(
+        steps):
+    """Ahead of the upload, which then does not send them again."""
     steps.images.set_properties.side_effect = (
-        lambda image_id, props: steps.log.append('ahead') or sent.set())
+        lambda image_id, props: steps.log.append('ahead'))
     driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
-    assert sent.is_set()
+    assert steps.log.count('ahead') == 2
     assert steps.log.index('ahead') < steps.log.index('upload')
-    image_id, ahead = steps.images.set_properties.call_args_list[0][0]
+    (image_id, record), (_, planned) = [
+        call[0] for call in steps.images.set_properties.call_args_list]
     assert image_id == 'img'
-    assert ahead == domain_record.properties(
+    assert record == domain_record.properties(
         steps.guest.inactive_xml.return_value)
+    assert planned['vmsnap_mode'] == 'live'
+    assert planned['instance_uuid'] == INSTANCE.uuid
+    # Only the capture fixes its instant: the upload's patch sends it.
+    assert 'vmsnap_capture_end' not in planned
+    assert 'vmsnap_capture_end' in steps.images.upload.call_args[0][4]
     current = steps.images.upload.call_args.kwargs['current']
-    assert {key: current[key] for key in ahead} == ahead
+    sent = dict(record, **planned)
+    assert {key: current[key] for key in sent} == sent
 
 
 def test_a_failed_patch_sent_ahead_fails_the_snapshot(steps):
+    """And the patches after it are not sent."""
     steps.images.set_properties.side_effect = exception.GlanceRefused(
         action='update', image_id='img', reason='403')
     with pytest.raises(exception.GlanceRefused):
         driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
     steps.images.upload.assert_not_called()
+    steps.images.set_properties.assert_called_once()
 
 
 def test_a_failed_snapshot_waits_for_the_patch_sent_ahead(steps):

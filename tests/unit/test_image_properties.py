@@ -21,7 +21,9 @@ def test_record_and_nova_properties():
                          'owner_user_name': 'alice'})
     props = image_properties.snapshot_properties(
         instance, image_properties.CaptureRecord(
-            'live', 'why', 'backup', DISK, T0, T1, '9.0.0', '7.2.0'))
+            'live', 'why', 'backup', DISK, '9.0.0', '7.2.0'))
+    props.update(image_properties.instant_properties(
+        image_properties.CaptureInstant(T0, T1)))
     assert props['image_type'] == 'snapshot'
     assert props['instance_uuid'] == 'u-1'
     assert props['base_image_ref'] == 'img-1'
@@ -45,7 +47,6 @@ def test_plain_instance_without_nova_fields():
     instance = types.SimpleNamespace(uuid='u-2', name='vm')
     props = image_properties.snapshot_properties(
         instance, image_properties.CaptureRecord(
-            'cold', 'r' * 300, 'managedsave', DISK, T0, T1, '9.0.0',
-            '7.2.0'))
+            'cold', 'r' * 300, 'managedsave', DISK, '9.0.0', '7.2.0'))
     assert 'base_image_ref' not in props
     assert len(props['vmsnap_mode_reason']) == 255
