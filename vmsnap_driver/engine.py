@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 import uuid as uuidlib
 
 from oslo_context import context as oslo_context
@@ -289,7 +289,7 @@ def _upload_export(images: Any, image: dict, view: capture_base.DiskView,
     image of a chain also gets the tree digest, and so does a mostly
     empty disk instead of the plain one (see :mod:`digest`).
 
-    :param image: the image to fill, as last read.
+    :param image: the image to fill, as Glance holds it now.
     :param link: the snapshot's place in a chain, for the boot disk.
     :param always_plain: record the plain sha256 whatever it costs.
     """
@@ -369,7 +369,7 @@ class _Plan:
         if self.link.requested:
             reason = '%s; %s' % (self.link.reason, reason)
         properties = image_properties.snapshot_properties(
-            instance, image_properties.CaptureRecord(
+            instance, image_properties.CapturePlan(
                 mode=self.decision.mode, reason=reason,
                 method=self.strategy.method, disk=disk,
                 libvirt_version=host_mod.version_string(
@@ -384,7 +384,7 @@ class _Plan:
 
     def instant(self, view: capture_base.DiskView
                 ) -> image_properties.CaptureInstant:
-        """Known once the capture has let the guest go."""
+        """Known once the capture has fixed its instant."""
         return image_properties.CaptureInstant(
             started_at=view.started_at, captured_at=view.captured_at,
             consistency=(image_properties.MEMORY if self.memory
@@ -428,14 +428,15 @@ class _SentAhead:
 
     Glance checks each property of a patch on its own (28 ms each here).
     The domain record (a dozen properties) is known as soon as the guest
-    is found, how the snapshot is taken (another dozen) once it is
-    planned: each is sent then, beside the plan and the capture, and
-    costs nothing on the way to the upload.  The patches go one after the
-    other on one thread, and nothing else may write the image meanwhile:
-    Glance saves a whole image on each patch, so two at once could lose
-    one's changes.  ``image()`` waits for them, and so does leaving the
-    ``with`` block, whatever happened there: none outlives the snapshot.
-    Once one has failed, the next are not sent.  The request's logging
+    is found, and is sent then, beside the plan; how the snapshot is taken
+    (another dozen) is known once it is planned, and is sent beside the
+    capture.  Neither costs anything on the way to the upload.  The
+    patches go one after the other on one thread, and nothing else may
+    write the image meanwhile: Glance saves a whole image on each patch,
+    so two at once could lose one's changes.  ``image()`` waits for them,
+    and so does leaving the ``with`` block, whatever happened there: none
+    outlives the snapshot.  A failed snapshot cancels those not started,
+    and once one has failed, the next are not sent.  The request's logging
     context goes with them, for the logs of their retries.
     """
 
@@ -443,12 +444,21 @@ class _SentAhead:
         self._images = images
         self._context = oslo_context.get_current()
         self.sent = image
-        # Everything sent ahead, once all of it is sent.
-        self.properties = {}
-        self._patches = []
-        self._executor = None
+        # Everything sent or queued so far.
+        self.properties: Dict[str, str] = {}
+        self._patches: List[futures.Future] = []
+        self._executor: Optional[futures.ThreadPoolExecutor] = None
 
-    def send(self, properties: dict) -> None:
+    def send(self, properties: Dict[str, str]) -> None:
+        """Queue a patch of what the image will not hold yet.
+
+        Raises what a patch sent before raised, if it has already: a
+        snapshot that cannot write its image stops before it touches the
+        guest.
+        """
+        for patch in self._patches:
+            if patch.done() and patch.exception():
+                raise patch.exception()
         changed = glance.unheld(properties, dict(self.sent, **self.properties))
         self.properties.update(properties)
         if not changed:
@@ -459,7 +469,8 @@ class _SentAhead:
         self._patches.append(self._executor.submit(
             self._send, changed, list(self._patches)))
 
-    def _send(self, changed: dict, before: list) -> None:
+    def _send(self, changed: Dict[str, str],
+              before: List[futures.Future]) -> None:
         # One thread sends them in turn: those before are done.
         if any(patch.exception() for patch in before):
             return
@@ -469,8 +480,7 @@ class _SentAhead:
 
     def image(self) -> dict:
         """The image as Glance holds it once every patch is done."""
-        patches, self._patches = self._patches, []
-        for patch in patches:
+        for patch in self._patches:
             patch.result()
         self.sent = dict(self.sent, **self.properties)
         return self.sent
@@ -481,11 +491,16 @@ class _SentAhead:
     def __exit__(self, *exc_info: Any) -> None:
         if self._executor is None:
             return
-        self._executor.shutdown(wait=True)
+        # The image of a failed snapshot is deleted next: what has not
+        # started is not worth Glance's time.
+        self._executor.shutdown(wait=True,
+                                cancel_futures=exc_info[0] is not None)
         for patch in self._patches:
-            if patch.exception():
-                LOG.debug('A patch sent ahead failed too: %s',
-                          patch.exception())
+            if (not patch.cancelled() and patch.exception()
+                    and patch.exception() is not exc_info[1]):
+                LOG.debug('A patch of image %(id)s sent ahead failed too: '
+                          '%(error)s', {'id': self.sent['id'],
+                                        'error': patch.exception()})
 
 
 class _ImageGroup:
@@ -545,13 +560,13 @@ class _ImageGroup:
             return self._ahead.sent['id']
         return self._disk_images[disk.target]['id']
 
-    def send_ahead(self, properties: dict) -> None:
-        """Tell the requested image ``properties`` while the capture runs."""
+    def send_ahead(self, properties: Dict[str, str]) -> None:
+        """Queue ``properties`` for the requested image, before its data."""
         self._ahead.send(properties)
 
     @property
-    def sent_ahead(self) -> dict:
-        """What the requested image is told while the capture runs."""
+    def sent_ahead(self) -> Dict[str, str]:
+        """What the requested image is sent before its data's own patch."""
         return self._ahead.properties
 
     def _others(self) -> str:

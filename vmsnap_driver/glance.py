@@ -231,7 +231,7 @@ class ImageService:
         reject a short stream, so a failed upload never leaves an
         ``active`` image with partial data.
 
-        :param current: the image as last read.  What it holds already is
+        :param current: the image as Glance holds it now.  What it holds is
             not sent again: Glance checks each property of a patch on its
             own (28 ms each here), and Nova's API creates a snapshot's
             image with the base image's properties.  Its vmsnap properties

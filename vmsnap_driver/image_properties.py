@@ -147,7 +147,7 @@ def requested(instance: Any, metadata: Dict[str, str]) -> Dict[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class CaptureRecord:
+class CapturePlan:
     """How one snapshot is taken: all known once it is planned."""
 
     mode: str
@@ -171,8 +171,8 @@ class CaptureInstant:
 
 
 def snapshot_properties(instance: Any,
-                        record: CaptureRecord) -> Dict[str, str]:
-    """Everything but the capture's instant: set while the capture runs."""
+                        record: CapturePlan) -> Dict[str, str]:
+    """How the snapshot is taken, not its instant: known once planned."""
     properties = inherited(instance)
     image_ref = getattr(instance, 'image_ref', None)
     if image_ref:
@@ -196,6 +196,7 @@ def snapshot_properties(instance: Any,
 
 
 def instant_properties(instant: CaptureInstant) -> Dict[str, str]:
+    """Known only once the capture has fixed its instant."""
     return {
         'vmsnap_capture_start': _timestamp(instant.started_at),
         'vmsnap_capture_end': _timestamp(instant.captured_at),

@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime
+import threading
 import time
 import types
 from unittest import mock
@@ -13,6 +14,7 @@ from vmsnap_driver import config
 from vmsnap_driver import digest
 from vmsnap_driver import domain_record
 from vmsnap_driver import driver as driver_mod
+from vmsnap_driver import engine
 from vmsnap_driver import exception
 from vmsnap_driver import guest as guest_mod
 from vmsnap_driver import host as host_mod
@@ -130,12 +132,22 @@ def test_init_host_connects_libvirt_and_builds_the_glance_client(steps):
 
 def test_the_domain_record_and_the_plan_are_set_while_the_capture_runs(
         steps):
-    """Ahead of the upload, which then does not send them again."""
+    """Queued before the capture, done before the upload's own patch."""
     steps.images.set_properties.side_effect = (
         lambda image_id, props: steps.log.append('ahead'))
-    driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
+    send = engine._SentAhead.send
+
+    def queued(ahead, properties):
+        steps.log.append('queued')
+        send(ahead, properties)
+    with mock.patch.object(engine._SentAhead, 'send', queued):
+        driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
+    assert steps.log.count('queued') == 2
     assert steps.log.count('ahead') == 2
-    assert steps.log.index('ahead') < steps.log.index('upload')
+    assert max(i for i, step in enumerate(steps.log)
+               if step == 'queued') < steps.log.index('capture')
+    assert max(i for i, step in enumerate(steps.log)
+               if step == 'ahead') < steps.log.index('upload')
     (image_id, record), (_, planned) = [
         call[0] for call in steps.images.set_properties.call_args_list]
     assert image_id == 'img'
@@ -173,5 +185,64 @@ def test_a_failed_snapshot_waits_for_the_patch_sent_ahead(steps):
                                stderr='No space left on device')):
         with pytest.raises(exception.QemuImgFailed):
             driver_mod.LibvirtDriver().snapshot(None, INSTANCE, 'img')
-    assert 'ahead done' in steps.log
+    # Both were queued before the capture failed: the first one is waited
+    # for, the second one cancelled or waited for.
+    assert 1 <= steps.log.count('ahead done') <= 2
+    assert steps.log[-1] == 'ahead done'
     steps.images.upload.assert_not_called()
+
+
+class _Patches:
+    """A Glance whose patches wait to be let go, and can fail."""
+
+    def __init__(self, fail=False):
+        self.go = threading.Event()
+        self.started = threading.Event()
+        self.sent = []
+        self.fail = fail
+
+    def set_properties(self, image_id, properties):
+        self.started.set()
+        self.go.wait(5)
+        self.sent.append(properties)
+        if self.fail:
+            raise exception.GlanceRefused(action='update', image_id=image_id,
+                                          reason='403')
+
+
+def test_patches_sent_ahead_go_in_order_without_what_the_image_holds():
+    glance = _Patches()
+    with engine._SentAhead(glance, {'id': 'img', 'a': '1'}) as ahead:
+        ahead.send({'a': '1', 'b': '2'})
+        ahead.send({'b': '2', 'c': '3'})
+        ahead.send({'a': '1'})
+        glance.go.set()
+        assert ahead.image() == {'id': 'img', 'a': '1', 'b': '2', 'c': '3'}
+    assert glance.sent == [{'b': '2'}, {'c': '3'}]
+    assert ahead.properties == {'a': '1', 'b': '2', 'c': '3'}
+
+
+def test_after_a_failed_patch_none_is_sent_and_sending_fails():
+    glance = _Patches(fail=True)
+    with pytest.raises(exception.GlanceRefused):
+        with engine._SentAhead(glance, {'id': 'img'}) as ahead:
+            ahead.send({'a': '1'})
+            ahead.send({'b': '2'})
+            glance.go.set()
+            with pytest.raises(exception.GlanceRefused):
+                ahead.image()
+            # Known failed: the next patch is refused at once.
+            ahead.send({'c': '3'})
+    assert glance.sent == [{'a': '1'}]
+
+
+def test_a_failure_cancels_the_patches_not_started_and_waits_for_one():
+    glance = _Patches()
+    with pytest.raises(KeyboardInterrupt):
+        with engine._SentAhead(glance, {'id': 'img'}) as ahead:
+            ahead.send({'a': '1'})
+            ahead.send({'b': '2'})
+            glance.started.wait(5)
+            threading.Timer(0.2, glance.go.set).start()
+            raise KeyboardInterrupt()
+    assert glance.sent == [{'a': '1'}]

@@ -20,7 +20,7 @@ def test_record_and_nova_properties():
                          'image_base_image_ref': 'img-1',
                          'owner_user_name': 'alice'})
     props = image_properties.snapshot_properties(
-        instance, image_properties.CaptureRecord(
+        instance, image_properties.CapturePlan(
             'live', 'why', 'backup', DISK, '9.0.0', '7.2.0'))
     props.update(image_properties.instant_properties(
         image_properties.CaptureInstant(T0, T1)))
@@ -46,7 +46,7 @@ def test_record_and_nova_properties():
 def test_plain_instance_without_nova_fields():
     instance = types.SimpleNamespace(uuid='u-2', name='vm')
     props = image_properties.snapshot_properties(
-        instance, image_properties.CaptureRecord(
+        instance, image_properties.CapturePlan(
             'cold', 'r' * 300, 'managedsave', DISK, '9.0.0', '7.2.0'))
     assert 'base_image_ref' not in props
     assert len(props['vmsnap_mode_reason']) == 255
